@@ -1,0 +1,105 @@
+"""Bearer JWT → Principal. HS256 with a secret, or RS256 with a public key; `exp` required."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import jwt
+
+from export_service.errors import Forbidden, Unauthorized
+
+REPORT = "REPORT"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    sub: str
+    supreme: bool = False
+    permissions: dict[str, frozenset[str]] = field(default_factory=dict)
+
+    def can(self, campaign_id: str, action: str = REPORT) -> bool:
+        return action in self.permissions.get(campaign_id, frozenset())
+
+    def require(self, campaign_id: str, action: str = REPORT) -> None:
+        if not self.can(campaign_id, action):
+            raise Forbidden(f"Forbidden: no {action} permission on campaign {campaign_id}")
+
+    def require_supreme(self) -> None:
+        if not self.supreme:
+            raise Forbidden("Forbidden: a supreme user is required")
+
+
+class Authenticator:
+    def __init__(self, *, secret: str | None, public_key: str | None) -> None:
+        self._keys: list[tuple[str | bytes, str]] = []
+        if public_key:
+            self._keys.append((public_key, "RS256"))
+        if secret:
+            self._keys.append((secret, "HS256"))
+        if not self._keys:
+            raise ValueError("a JWT secret or public key is required")
+
+    def authenticate(self, header: str | None) -> Principal:
+        if not header:
+            raise Unauthorized("Unauthorized: missing bearer token")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("Unauthorized: expected 'Authorization: Bearer <token>'")
+        claims = self._decode(token.strip())
+        return _principal(claims)
+
+    def _decode(self, token: str) -> dict[str, object]:
+        try:
+            algorithm = jwt.get_unverified_header(token).get("alg")
+        except jwt.PyJWTError as exc:
+            raise Unauthorized("Unauthorized: malformed token") from exc
+        for key, alg in self._keys:
+            if alg != algorithm:
+                continue
+            try:
+                claims: dict[str, object] = jwt.decode(
+                    token, key, algorithms=[alg], options={"require": ["exp", "sub"]}
+                )
+            except jwt.ExpiredSignatureError as exc:
+                raise Unauthorized("Unauthorized: token expired") from exc
+            except jwt.PyJWTError as exc:
+                raise Unauthorized("Unauthorized: invalid token") from exc
+            return claims
+        raise Unauthorized("Unauthorized: token algorithm not accepted")
+
+
+def _principal(claims: dict[str, object]) -> Principal:
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub:
+        raise Unauthorized("Unauthorized: token has no subject")
+    raw = claims.get("permissions") or {}
+    if not isinstance(raw, dict):
+        raise Unauthorized("Unauthorized: malformed permissions claim")
+    permissions: dict[str, frozenset[str]] = {}
+    for campaign_id, actions in raw.items():
+        if isinstance(campaign_id, str) and isinstance(actions, list):
+            permissions[campaign_id] = frozenset(a for a in actions if isinstance(a, str))
+    return Principal(sub=sub, supreme=claims.get("supreme") is True, permissions=permissions)
+
+
+def mint(
+    secret: str,
+    *,
+    sub: str,
+    campaigns: list[str] | None = None,
+    supreme: bool = False,
+    ttl_seconds: int = 3600,
+    actions: tuple[str, ...] = (REPORT,),
+) -> str:
+    """A token for a local secret (dev, tests, the `token` command)."""
+    import time
+
+    now = int(time.time())
+    payload = {
+        "sub": sub,
+        "supreme": supreme,
+        "permissions": {c: list(actions) for c in campaigns or []},
+        "iat": now,
+        "exp": now + ttl_seconds,
+    }
+    return jwt.encode(payload, secret, algorithm="HS256")

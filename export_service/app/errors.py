@@ -1,0 +1,55 @@
+"""Domain errors → HTTP, in one place.
+
+Every error body is `{"error": {"status", "message", "payload"}}`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+from pydantic import ValidationError
+
+from export_service.errors import ExportServiceError
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(status: int, message: str, payload: Any = None) -> web.Response:
+    return web.json_response(
+        {"error": {"status": status, "message": message, "payload": payload or {}}},
+        status=status,
+    )
+
+
+def validation_payload(exc: ValidationError) -> dict[str, Any]:
+    return {
+        "code": "BadRequest",
+        "errors": [
+            {"loc": [str(p) for p in err["loc"]], "msg": err["msg"], "type": err["type"]}
+            for err in exc.errors(include_url=False, include_input=False)
+        ],
+    }
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ExportServiceError as exc:
+        return error_response(exc.status, exc.message, {"code": exc.code, **exc.payload})
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        return error_response(400, f"BadRequest: {where}: {first['msg']}", validation_payload(exc))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(exc.status, exc.reason, {"code": exc.reason.replace(" ", "")})
+    except Exception:
+        log.exception("request_failed", action="request_failed", path=request.path)
+        return error_response(500, "Internal Server Error", {"code": "InternalError"})

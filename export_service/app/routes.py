@@ -1,0 +1,189 @@
+"""HTTP handlers: authenticate, authorise for the campaign in the path, validate, then act."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+
+from export_service import metrics
+from export_service.app.auth import Authenticator, Principal
+from export_service.app.schemas import CreateExport, ListExports, valid_id
+from export_service.errors import (
+    BadRequest,
+    CampaignNotFound,
+    NotAvailable,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from export_service.models import Export, ExportStatus, ExportType, utcnow
+from export_service.runtime import Services
+
+log = structlog.get_logger(__name__)
+
+SERVICES = web.AppKey("services", Services)
+AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
+
+routes = web.RouteTableDef()
+
+
+def _principal(request: web.Request) -> Principal:
+    return request.app[AUTHENTICATOR].authenticate(request.headers.get("Authorization"))
+
+
+def _campaign_id(request: web.Request, principal: Principal) -> str:
+    campaign_id = request.match_info["campaignId"]
+    principal.require(campaign_id)
+    if not valid_id(campaign_id):
+        raise BadRequest("BadRequest: malformed campaignId")
+    return campaign_id
+
+
+async def _json_body(request: web.Request) -> bytes:
+    services = request.app[SERVICES]
+    limit = services.settings.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"PayloadTooLarge: body over {limit} bytes")
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType("UnsupportedMediaType: send application/json")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise PayloadTooLarge(f"PayloadTooLarge: body over {limit} bytes") from exc
+    if len(body) > limit:
+        raise PayloadTooLarge(f"PayloadTooLarge: body over {limit} bytes")
+    return body
+
+
+async def _export_view(services: Services, export: Export) -> dict[str, Any]:
+    body = export.to_api()
+    if export.status is ExportStatus.FINISHED and export.files:
+        urls = await asyncio.gather(
+            *(services.storage.presign(f.bucket, f.key) for f in export.files)
+        )
+        for entry, url in zip(body["files"], urls, strict=True):
+            entry["url"] = url
+        if len(export.files) == 1:
+            body["path"] = urls[0]
+    return body
+
+
+@routes.post("/campaigns/{campaignId}/exports")
+async def create_export(request: web.Request) -> web.Response:
+    principal = _principal(request)
+    campaign_id = _campaign_id(request, principal)
+    body = await _json_body(request)
+    try:
+        command = CreateExport.model_validate_json(body, strict=True)
+    except ValidationError as exc:
+        if any(err["loc"] == ("exportType",) for err in exc.errors()):
+            raise BadRequest(
+                "BadRequest: unknown exportType", exportTypes=[t.value for t in ExportType]
+            ) from exc
+        raise
+    services = request.app[SERVICES]
+    campaign = await services.db["campaigns"].find_one({"_id": campaign_id}, {"name": 1})
+    if campaign is None:
+        raise CampaignNotFound(f"CampaignNotFound: campaign {campaign_id} does not exist")
+    export, created = await services.repository.create(
+        campaign_id=campaign_id,
+        campaign_name=str(campaign.get("name") or ""),
+        export_type=command.exportType,
+        requester_user_id=principal.sub,
+        date_key=command.dateKey,
+        include_all_markets=command.includeAllMarkets,
+    )
+    if created:
+        metrics.EXPORTS_CREATED.labels(export.export_type.value).inc()
+        log.info(
+            "export_created",
+            action="export_created",
+            export_id=export.id,
+            campaign_id=campaign_id,
+            export_type=export.export_type.value,
+        )
+        services.worker.notify()
+    return web.json_response(await _export_view(services, export), status=202 if created else 200)
+
+
+@routes.get("/campaigns/{campaignId}/exports/{exportId}")
+async def get_export(request: web.Request) -> web.Response:
+    principal = _principal(request)
+    campaign_id = _campaign_id(request, principal)
+    export_id = request.match_info["exportId"]
+    services = request.app[SERVICES]
+    export = await services.repository.get(export_id) if valid_id(export_id) else None
+    # Another campaign's export is indistinguishable from a missing one.
+    if export is None or export.campaign_id != campaign_id:
+        raise NotFound(f"NotFound: export {export_id} not found")
+    return web.json_response(await _export_view(services, export))
+
+
+@routes.get("/campaigns/{campaignId}/exports")
+async def list_exports(request: web.Request) -> web.Response:
+    principal = _principal(request)
+    campaign_id = _campaign_id(request, principal)
+    query = ListExports.model_validate(dict(request.query))
+    services = request.app[SERVICES]
+    exports = await services.repository.page(
+        campaign_id,
+        export_type=query.exportType,
+        status=query.status,
+        limit=query.limit,
+        offset=query.offset,
+    )
+    views = await asyncio.gather(*(_export_view(services, e) for e in exports))
+    return web.json_response({"exports": list(views), "limit": query.limit, "offset": query.offset})
+
+
+@routes.delete("/ccpa/users/{userId}")
+async def delete_user_exports(request: web.Request) -> web.Response:
+    principal = _principal(request)
+    principal.require_supreme()
+    raise NotAvailable("NotAvailable: CCPA deletion is not available yet")
+
+
+@routes.get("/heartbeat")
+async def heartbeat(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "time": utcnow().isoformat() + "Z"})
+
+
+@routes.get("/ready")
+async def ready(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    checks: dict[str, str] = {}
+    try:
+        async with asyncio.timeout(2):
+            await services.client.admin.command("ping")
+        checks["mongodb"] = "ok"
+    except Exception as exc:
+        checks["mongodb"] = f"unavailable: {type(exc).__name__}"
+    try:
+        async with asyncio.timeout(2):
+            await services.storage.ping()
+        checks["s3"] = "ok"
+    except Exception as exc:
+        checks["s3"] = f"unavailable: {type(exc).__name__}"
+    ok = all(v == "ok" for v in checks.values())
+    return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
+
+
+@routes.get("/metrics")
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    try:
+        async with asyncio.timeout(2):
+            for status, n in (await services.repository.counts_by_status()).items():
+                metrics.QUEUE_DEPTH.labels(status).set(n)
+            oldest = await services.repository.oldest_pending_created()
+        age = (utcnow() - oldest).total_seconds() if oldest else 0.0
+        metrics.OLDEST_PENDING_AGE.set(max(0.0, age))
+    except Exception as exc:
+        log.warning("metrics_queue_unavailable", action="metrics_queue_unavailable", error=str(exc))
+    body = generate_latest(metrics.REGISTRY)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

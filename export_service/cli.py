@@ -1,0 +1,147 @@
+"""The `export-service` console command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+
+import structlog
+from aiohttp import web
+
+from export_service import logs
+from export_service.app.auth import mint
+from export_service.app.factory import create_app
+from export_service.runtime import Services, dev_jwt_secret
+from export_service.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+DEMO_CAMPAIGN = "demo-campaign"
+
+
+@contextlib.contextmanager
+def _servers(settings: Settings) -> Iterator[None]:
+    """Embedded servers when nothing is configured; real ones are never started."""
+    if not settings.embedded:
+        yield
+        return
+    from export_service.embedded import embedded_servers
+
+    with embedded_servers(settings):
+        yield
+
+
+def _serve(settings: Settings, *, run_worker: bool) -> None:
+    app = create_app(settings, run_worker=run_worker)
+    log.info("api_listening", action="api_listening", host=settings.host, port=settings.port)
+    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
+
+
+async def _worker_main(settings: Settings) -> None:
+    async with Services.open(settings) as services:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        runner = asyncio.create_task(services.worker.run())
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        await services.worker.shutdown()
+        stopper.cancel()
+        await runner
+
+
+async def _seed(settings: Settings, campaign_id: str, entries: int, seed: int, fresh: bool) -> None:
+    from export_service.seed import SeedPlan
+    from export_service.seed import seed as seed_campaign
+
+    async with Services.open(settings) as services:
+        db = services.db
+        if fresh:
+            for name in ("campaigns", "markets", "promoters", "entries", "scoring", "codes",
+                         "sms_waves"):  # fmt: skip
+                await db[name].delete_many(
+                    {"_id": campaign_id} if name == "campaigns" else {"campaignId": campaign_id}
+                )
+        elif await db["campaigns"].find_one({"_id": campaign_id}):
+            print(f"campaign {campaign_id} already seeded (use --fresh to replace it)")
+            return
+        counts = await seed_campaign(
+            db, SeedPlan(campaign_id=campaign_id, entries=entries, seed=seed)
+        )
+        print("seeded " + ", ".join(f"{n} {c}" for c, n in counts.items()))
+
+
+def _demo_banner(settings: Settings) -> str:
+    token = mint(dev_jwt_secret(settings), sub="demo-admin", campaigns=[DEMO_CAMPAIGN],
+                 supreme=True, ttl_seconds=12 * 3600)  # fmt: skip
+    base = f"http://{settings.host}:{settings.port}"
+    return f"""
+export-service dev is running: API and worker on {base}
+  embedded MongoDB-wire server on 127.0.0.1:{settings.embedded_mongo_port}, S3 on
+  127.0.0.1:{settings.embedded_s3_port}, data under {settings.data_dir}/
+
+A 12-hour demo token (REPORT on {DEMO_CAMPAIGN}, supreme):
+  export TOKEN={token}
+
+Request an export, then read it (the answer's "path" is a download URL once FINISHED):
+  curl -s -X POST {base}/campaigns/{DEMO_CAMPAIGN}/exports -H "Authorization: Bearer $TOKEN" \\
+       -H 'Content-Type: application/json' -d '{{"exportType": "entries"}}'
+  curl -s {base}/campaigns/{DEMO_CAMPAIGN}/exports -H "Authorization: Bearer $TOKEN"
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="export-service", description="Fan-campaign exports from MongoDB to S3."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="API and worker in one process")
+    sub.add_parser("api", help="API only")
+    sub.add_parser("worker", help="worker only")
+    dev = sub.add_parser("dev", help="embedded servers, demo data, then serve")
+    dev.add_argument("--entries", type=int, default=5_000, help="demo entries to seed")
+    token = sub.add_parser("token", help="mint a token for the local secret")
+    token.add_argument("--sub", default="local-admin", help="user id (sub claim)")
+    token.add_argument("--campaign", action="append", default=[], help="campaign with REPORT")
+    token.add_argument("--supreme", action="store_true", help="allow CCPA deletion")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
+    seed = sub.add_parser("seed", help="write a realistic campaign into the source collections")
+    seed.add_argument("--campaign", default=DEMO_CAMPAIGN)
+    seed.add_argument("--entries", type=int, default=10_000)
+    seed.add_argument("--seed", type=int, default=42)
+    seed.add_argument("--fresh", action="store_true", help="replace the campaign's data")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings()
+    logs.configure(settings.log_format, settings.log_level)
+    command = args.command
+    if command == "token":
+        print(mint(dev_jwt_secret(settings), sub=args.sub, campaigns=args.campaign,
+                   supreme=args.supreme, ttl_seconds=args.ttl))  # fmt: skip
+        return 0
+    with _servers(settings):
+        if command == "serve":
+            _serve(settings, run_worker=True)
+        elif command == "api":
+            _serve(settings, run_worker=False)
+        elif command == "worker":
+            asyncio.run(_worker_main(settings))
+        elif command == "seed":
+            asyncio.run(_seed(settings, args.campaign, args.entries, args.seed, args.fresh))
+        elif command == "dev":
+            asyncio.run(_seed(settings, DEMO_CAMPAIGN, args.entries, 42, fresh=False))
+            print(_demo_banner(settings), flush=True)
+            _serve(settings, run_worker=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""The MongoDB client and the indexes the queue and the exporters rely on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pymongo import ASCENDING, AsyncMongoClient, IndexModel
+from pymongo.asynchronous.database import AsyncDatabase
+
+from export_service.queue.repository import ExportRepository
+from export_service.settings import Settings
+
+Doc = dict[str, Any]
+
+# Indexes on the source collections that the exporters' queries use. They are created at
+# start-up idempotently; on a production cluster whose sources belong to other services, the
+# same definitions can be applied by their owners instead (creating an existing index is a no-op).
+SOURCE_INDEXES: dict[str, list[IndexModel]] = {
+    "entries": [
+        IndexModel([("campaignId", ASCENDING), ("_id", ASCENDING)], name="campaign_id"),
+        IndexModel(
+            [("campaignId", ASCENDING), ("userId", ASCENDING), ("date.created", ASCENDING)],
+            name="campaign_user_created",
+        ),
+    ],
+    "markets": [IndexModel([("campaignId", ASCENDING)], name="campaign")],
+    "scoring": [
+        IndexModel([("campaignId", ASCENDING), ("_id", ASCENDING)], name="campaign_id"),
+        IndexModel([("userId", ASCENDING)], name="user"),
+    ],
+    "codes": [
+        IndexModel([("campaignId", ASCENDING), ("_id", ASCENDING)], name="campaign_id"),
+        IndexModel([("assignedTo", ASCENDING)], name="assigned_to"),
+    ],
+    "sms_waves": [
+        IndexModel([("campaignId", ASCENDING), ("status", ASCENDING)], name="campaign_status"),
+        IndexModel([("memberIds", ASCENDING)], name="members"),
+    ],
+}
+
+
+def connect(uri: str, settings: Settings) -> AsyncMongoClient[Doc]:
+    return AsyncMongoClient(
+        uri,
+        serverSelectionTimeoutMS=settings.mongo_timeout_ms,
+        connectTimeoutMS=settings.mongo_timeout_ms,
+        tz_aware=False,
+        appname="export-service",
+    )
+
+
+async def ensure_indexes(db: AsyncDatabase[Doc], settings: Settings) -> None:
+    await ExportRepository(db, max_concurrent=settings.max_concurrent_exports).ensure_indexes()
+    for collection, indexes in SOURCE_INDEXES.items():
+        await db[collection].create_indexes(indexes)

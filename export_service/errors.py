@@ -1,0 +1,89 @@
+"""One exception root for the whole service; the API maps these to HTTP in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ExportServiceError(Exception):
+    """Root of every error the service raises on purpose.
+
+    `code` is stable and machine-readable (it is stored in `export.error.code` and sent in API
+    payloads); `status` is the HTTP status the API answers with when it surfaces there.
+    """
+
+    status: int = 500
+    code: str = "InternalError"
+
+    def __init__(self, message: str | None = None, **payload: Any) -> None:
+        self.message = message or self.code
+        self.payload = payload
+        super().__init__(self.message)
+
+
+class BadRequest(ExportServiceError):
+    status = 400
+    code = "BadRequest"
+
+
+class CampaignNotFound(BadRequest):
+    code = "CampaignNotFound"
+
+
+class Unauthorized(ExportServiceError):
+    status = 401
+    code = "Unauthorized"
+
+
+class Forbidden(ExportServiceError):
+    status = 403
+    code = "Forbidden"
+
+
+class NotFound(ExportServiceError):
+    status = 404
+    code = "NotFound"
+
+
+class PayloadTooLarge(ExportServiceError):
+    status = 413
+    code = "PayloadTooLarge"
+
+
+class UnsupportedMediaType(ExportServiceError):
+    status = 415
+    code = "UnsupportedMediaType"
+
+
+class NotAvailable(ExportServiceError):
+    status = 501
+    code = "NotAvailable"
+
+
+class ServiceUnavailable(ExportServiceError):
+    status = 503
+    code = "ServiceUnavailable"
+
+
+class ExportFailed(ExportServiceError):
+    """An export cannot be produced; its `code` ends up in `export.error.code`."""
+
+    code = "ExportFailed"
+
+
+class NoMarketsFound(ExportFailed):
+    code = "NoMarketsFound"
+
+
+class PromotersNotFound(ExportFailed):
+    code = "PromotersNotFound"
+
+
+class StorageError(ExportFailed):
+    code = "StorageError"
+
+
+class ExportLost(ExportServiceError):
+    """The export was taken away from this worker (expired, deleted) while it ran."""
+
+    code = "ExportLost"

@@ -1,0 +1,25 @@
+"""The registry of export types: each one a declarative `ExporterSpec`."""
+
+from __future__ import annotations
+
+from export_service.exporters.codes import CODES
+from export_service.exporters.entries import ENTRIES, VERIFIED_ENTRIES
+from export_service.exporters.scoring import SCORING
+from export_service.exporters.spec import ExporterSpec
+from export_service.models import ExportType
+
+EXPORTERS: dict[ExportType, ExporterSpec] = {
+    spec.export_type: spec for spec in (ENTRIES, CODES, SCORING, VERIFIED_ENTRIES)
+}
+
+# Types whose exports a CCPA request deletes (DESIGN §6/§7). Declared on each spec; the set
+# of all fifteen is fixed by the contract, so it is spelled out for types not yet built.
+CCPA_TYPES: frozenset[ExportType] = frozenset(
+    t
+    for t in ExportType
+    if t not in {ExportType.SCORING, ExportType.VERIFIED_ENTRIES, ExportType.AUTO_REMINDER_EMAIL}
+)
+
+
+def spec_for(export_type: ExportType) -> ExporterSpec | None:
+    return EXPORTERS.get(export_type)

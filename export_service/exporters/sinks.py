@@ -1,0 +1,71 @@
+"""Where rows go: one CSV object, a ZIP of CSVs, or several CSV objects.
+
+A sink owns the S3 writers of one export run. `close()` completes them and describes the files;
+`abort()` removes everything it started, so a failed run leaves no object behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from export_service.exporters.formatting import CsvEncoder
+from export_service.models import StoredFile
+from export_service.storage import ObjectWriter
+
+# Opens a writer for (key, content type); the runner wires upload tracking and the bucket/ACL.
+OpenWriter = Callable[[str, str], ObjectWriter]
+
+
+class Sink(Protocol):
+    async def write(self, rows: Sequence[Any]) -> None: ...
+
+    async def close(self) -> list[StoredFile]: ...
+
+    async def abort(self) -> None: ...
+
+
+@dataclass(slots=True)
+class SinkTarget:
+    bucket: str
+    acl: str | None
+    base_key: str  # {campaignId}/{exportType}/{exportId}, without extension
+    columns: Sequence[str]
+    open_writer: OpenWriter
+
+
+class CsvSink:
+    """All rows into one CSV object."""
+
+    def __init__(self, target: SinkTarget) -> None:
+        self._target = target
+        self._encoder = CsvEncoder()
+        self._writer = target.open_writer(f"{target.base_key}.csv", "text/csv; charset=utf-8")
+        self._rows = 0
+        self._header_written = False
+
+    async def write(self, rows: Sequence[Any]) -> None:
+        if not self._header_written:
+            await self._writer.write(self._encoder.header(self._target.columns))
+            self._header_written = True
+        if rows:
+            self._rows += len(rows)
+            await self._writer.write(self._encoder.encode(rows))
+
+    async def close(self) -> list[StoredFile]:
+        await self.write(())
+        written = await self._writer.close()
+        return [
+            StoredFile(
+                bucket=written.bucket,
+                key=written.key,
+                acl=self._target.acl,
+                rows=self._rows,
+                bytes=written.bytes,
+                sha256=written.sha256,
+            )
+        ]
+
+    async def abort(self) -> None:
+        await self._writer.abort()

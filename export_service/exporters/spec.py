@@ -1,0 +1,112 @@
+"""What an exporter is: a small declarative unit the runner executes.
+
+An `ExporterSpec` names its source (collection, filter, projection, sort), how a batch of source
+documents becomes rows, its columns, where the file goes (bucket role, ACL, layout) and whether
+CCPA deletes it. The runner (`runner.py`) does the streaming, counting, uploading and progress
+for all of them, so fifteen export types share one pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+
+from export_service.models import Export, ExportType
+from export_service.settings import BucketRole, Settings
+
+Doc = dict[str, Any]
+Row = list[str]
+
+PRIVATE = "private"
+BUCKET_OWNER_FULL_CONTROL = "bucket-owner-full-control"
+
+
+class Layout(StrEnum):
+    CSV = "csv"  # one CSV object: {campaignId}/{exportType}/{exportId}.csv
+    ZIP = "zip"  # one ZIP object of several CSVs: {campaignId}/{exportType}/{exportId}.zip
+    OBJECTS = "objects"  # several CSV objects named by the spec (autoReminderEmail)
+
+
+@dataclass(slots=True)
+class Context:
+    """What one run of one export knows; `lookups` holds what a spec's `prepare` loaded."""
+
+    export: Export
+    db: AsyncDatabase[Doc]
+    settings: Settings
+    campaign: Doc
+    markets: dict[str, Doc] = field(default_factory=dict)
+    lookups: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def campaign_id(self) -> str:
+        return self.export.campaign_id
+
+    def market_name(self, market_id: Any) -> str:
+        market = self.markets.get(market_id) if isinstance(market_id, str) else None
+        return str(market.get("name") or "") if market else ""
+
+
+FilterFn = Callable[[Context], Doc]
+TransformFn = Callable[[Context, list[Doc]], Awaitable[Sequence[Any]]]
+ColumnsFn = Callable[[Context], Sequence[str]]
+PrepareFn = Callable[[Context], Awaitable[None]]
+CountFn = Callable[[Context], Awaitable[int]]
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    collection: str
+    filter: FilterFn
+    projection: Doc | None = None
+    sort: Sequence[tuple[str, int]] = (("_id", 1),)
+
+
+@dataclass(frozen=True, slots=True)
+class ExporterSpec:
+    export_type: ExportType
+    source: Source
+    columns: ColumnsFn
+    # A batch of source documents → rows. For Layout.ZIP/OBJECTS each row is a
+    # `(partition, row)` pair; the partition names the file the row goes to.
+    transform: TransformFn
+    bucket: BucketRole = BucketRole.EXPORTS
+    acl: str = PRIVATE
+    ccpa: bool = True
+    layout: Layout = Layout.CSV
+    # Fails with NoMarketsFound when the campaign has no markets (every type reading entries).
+    needs_markets: bool = False
+    # Counts rows before writing; None where counting costs as much as the export.
+    count: CountFn | None = None
+    prepare: PrepareFn | None = None
+    # For ZIP/OBJECTS: partition → member file name(s) / object key(s), and the row cap per file.
+    max_rows_per_file: Callable[[Context], int] | None = None
+
+
+def per_doc(row: Callable[[Context, Doc], Iterable[Row]]) -> TransformFn:
+    """Lift a per-document row function (0..n rows each) into a batch transform."""
+
+    async def transform(ctx: Context, docs: list[Doc]) -> list[Row]:
+        rows: list[Row] = []
+        for doc in docs:
+            rows.extend(row(ctx, doc))
+        return rows
+
+    return transform
+
+
+def campaign_filter(ctx: Context) -> Doc:
+    return {"campaignId": ctx.campaign_id}
+
+
+def count_source(spec_source: Source) -> CountFn:
+    """The preliminary count: one source document = one row."""
+
+    async def count(ctx: Context) -> int:
+        return await ctx.db[spec_source.collection].count_documents(spec_source.filter(ctx))
+
+    return count

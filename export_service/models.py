@@ -1,0 +1,154 @@
+"""The export document (DESIGN §3): its statuses, types and the API view of it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class ExportStatus(StrEnum):
+    PENDING = "PENDING"
+    TRIGGERED = "TRIGGERED"
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+    EXPIRED = "EXPIRED"
+
+
+TERMINAL_STATUSES = frozenset({ExportStatus.FINISHED, ExportStatus.FAILED, ExportStatus.EXPIRED})
+ACTIVE_STATUSES = frozenset({ExportStatus.PENDING, ExportStatus.TRIGGERED})
+
+
+class ExportType(StrEnum):
+    ENTRIES = "entries"
+    CODES = "codes"
+    SCORING = "scoring"
+    CODE_ASSIGNMENTS = "codeAssignments"
+    ARTIST_OPT_IN = "artistOptIn"
+    ARTIST_SMS_OPT_IN = "artistSmsOptIn"
+    LIVENATION_OPT_IN = "livenationOptIn"
+    VERIFIED_ENTRIES = "verifiedEntries"
+    CODE_WAVES = "codeWaves"
+    FANLIST = "fanlist"
+    WAITLIST = "waitlist"
+    REMINDER_EMAIL = "reminderEmail"
+    REMINDER_EMAIL_SAMPLE = "reminderEmailSample"
+    AUTO_REMINDER_EMAIL = "autoReminderEmail"
+    PROMOTER_EMAIL_OPT_IN = "promoterEmailOptIn"
+
+
+def utcnow() -> datetime:
+    """Naive UTC with millisecond precision: what BSON stores and PyMongo returns."""
+    now = datetime.now(UTC).replace(tzinfo=None)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value.isoformat(timespec="milliseconds") + "Z"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    bucket: str
+    key: str
+    acl: str | None
+    rows: int
+    bytes: int
+    sha256: str
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "bucket": self.bucket,
+            "key": self.key,
+            "acl": self.acl,
+            "rows": self.rows,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+        }
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> StoredFile:
+        return cls(
+            bucket=doc["bucket"],
+            key=doc["key"],
+            acl=doc.get("acl"),
+            rows=int(doc.get("rows", 0)),
+            bytes=int(doc.get("bytes", 0)),
+            sha256=doc.get("sha256", ""),
+        )
+
+
+@dataclass(slots=True)
+class Export:
+    """One export as stored in `exports`; internal queue fields stay out of the API view."""
+
+    id: str
+    campaign_id: str
+    campaign_name: str
+    export_type: ExportType
+    status: ExportStatus
+    requester_user_id: str
+    date_key: str | None = None
+    include_all_markets: bool | None = None
+    date: dict[str, datetime] = field(default_factory=dict)
+    progress: dict[str, int] = field(default_factory=dict)
+    count: int | None = None
+    files: list[StoredFile] = field(default_factory=list)
+    error: dict[str, str] | None = None
+    worker_id: str | None = None
+    attempts: int = 0
+    trace_context: dict[str, str] | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> Export:
+        return cls(
+            id=doc["_id"],
+            campaign_id=doc["campaignId"],
+            campaign_name=doc.get("campaignName", ""),
+            export_type=ExportType(doc["exportType"]),
+            status=ExportStatus(doc["status"]),
+            requester_user_id=doc.get("requesterUserId", ""),
+            date_key=doc.get("dateKey"),
+            include_all_markets=doc.get("includeAllMarkets"),
+            date=dict(doc.get("date") or {}),
+            progress=dict(doc.get("progress") or {}),
+            count=doc.get("count"),
+            files=[StoredFile.from_doc(f) for f in doc.get("files") or []],
+            error=doc.get("error"),
+            worker_id=doc.get("workerId"),
+            attempts=int(doc.get("attempts", 0)),
+            trace_context=doc.get("traceContext"),
+        )
+
+    def to_api(self) -> dict[str, Any]:
+        """The API-compatible shape of DESIGN §3 (URLs are added by the API layer)."""
+        body: dict[str, Any] = {
+            "id": self.id,
+            "campaignId": self.campaign_id,
+            "campaignName": self.campaign_name,
+            "exportType": self.export_type.value,
+            "status": self.status.value,
+            "requesterUserId": self.requester_user_id,
+            "date": {name: iso(value) for name, value in self.date.items()},
+            "progress": dict(self.progress),
+        }
+        if self.date_key is not None:
+            body["dateKey"] = self.date_key
+        if self.include_all_markets is not None:
+            body["includeAllMarkets"] = self.include_all_markets
+        if self.count is not None:
+            body["count"] = self.count
+        if self.files:
+            body["files"] = [f.to_doc() for f in self.files]
+        if self.error is not None:
+            body["error"] = dict(self.error)
+        return body

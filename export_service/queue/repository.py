@@ -1,0 +1,349 @@
+"""All persistence of the `exports` collection: the only module that talks to it.
+
+The queue rules of DESIGN §5 are kept by the database, not by timing:
+
+* dedupe: `dedupeKey` exists only while an export is PENDING or TRIGGERED, and a unique partial
+  index on it (`$exists: true`, which MongoDB 6.0 allows) makes concurrent identical requests
+  create exactly one document;
+* single active export: `slot` (0..maxConcurrentExports-1) exists only while TRIGGERED, with a
+  unique partial index, so a second claim of the same slot fails with a duplicate-key error;
+* every status change is a compare-and-set on the current status (and on the owning worker
+  while TRIGGERED), so a terminal status is never overwritten.
+
+The claim is an indexed `find().sort().limit(1)` plus a compare-and-set `update_one` rather than
+`find_one_and_update`: both are atomic per document on MongoDB, and the former is fast on the
+embedded server too (which scans the collection for `find_one_and_update`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from bson import ObjectId
+from pymongo import ASCENDING, DESCENDING, IndexModel
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from export_service.models import (
+    ACTIVE_STATUSES,
+    Export,
+    ExportStatus,
+    ExportType,
+    StoredFile,
+    utcnow,
+)
+
+Doc = dict[str, Any]
+
+EXPORT_INDEXES = [
+    IndexModel(
+        [("status", ASCENDING), ("date.created", ASCENDING), ("_id", ASCENDING)], name="claim"
+    ),
+    IndexModel(
+        [("dedupeKey", ASCENDING)],
+        name="dedupe",
+        unique=True,
+        partialFilterExpression={"dedupeKey": {"$exists": True}},
+    ),
+    IndexModel(
+        [("slot", ASCENDING)],
+        name="single_active",
+        unique=True,
+        partialFilterExpression={"slot": {"$exists": True}},
+    ),
+    IndexModel(
+        [("campaignId", ASCENDING), ("date.created", DESCENDING), ("_id", DESCENDING)],
+        name="campaign_newest",
+    ),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingUpload:
+    """An S3 object being written for a running export, recorded so anyone can clean it up."""
+
+    bucket: str
+    key: str
+    upload_id: str | None
+
+    def to_doc(self) -> Doc:
+        return {"bucket": self.bucket, "key": self.key, "uploadId": self.upload_id}
+
+    @classmethod
+    def from_doc(cls, doc: Doc) -> PendingUpload:
+        return cls(bucket=doc["bucket"], key=doc["key"], upload_id=doc.get("uploadId"))
+
+
+@dataclass(frozen=True, slots=True)
+class Reclaimed:
+    """A TRIGGERED export taken from a dead or late worker, with what it left in S3."""
+
+    export: Export
+    uploads: list[PendingUpload]
+
+
+def dedupe_key(
+    campaign_id: str, export_type: ExportType, date_key: str | None, include_all: bool | None
+) -> str:
+    # The same request with includeAllMarkets omitted or false is the same export.
+    return "\x1f".join(
+        [campaign_id, export_type.value, date_key or "", "1" if include_all else "0"]
+    )
+
+
+class ExportRepository:
+    def __init__(self, db: AsyncDatabase[Doc], *, max_concurrent: int = 1) -> None:
+        self._db = db
+        self._exports: AsyncCollection[Doc] = db["exports"]
+        self._max_concurrent = max_concurrent
+
+    @property
+    def collection(self) -> AsyncCollection[Doc]:
+        return self._exports
+
+    async def ensure_indexes(self) -> None:
+        await self._exports.create_indexes(EXPORT_INDEXES)
+
+    # ---- API side -----------------------------------------------------------------------
+
+    async def create(
+        self,
+        *,
+        campaign_id: str,
+        campaign_name: str,
+        export_type: ExportType,
+        requester_user_id: str,
+        date_key: str | None,
+        include_all_markets: bool | None,
+        trace_context: dict[str, str] | None = None,
+    ) -> tuple[Export, bool]:
+        """Insert a PENDING export, or return the active identical one. `True` = created."""
+        key = dedupe_key(campaign_id, export_type, date_key, include_all_markets)
+        # Bounded: each retry means the active duplicate just became terminal.
+        for _ in range(5):
+            doc: Doc = {
+                "_id": str(ObjectId()),
+                "campaignId": campaign_id,
+                "campaignName": campaign_name,
+                "exportType": export_type.value,
+                "status": ExportStatus.PENDING.value,
+                "requesterUserId": requester_user_id,
+                "date": {"created": utcnow()},
+                "progress": {"processed": 0},
+                "attempts": 0,
+                "dedupeKey": key,
+            }
+            if date_key is not None:
+                doc["dateKey"] = date_key
+            if include_all_markets is not None:
+                doc["includeAllMarkets"] = include_all_markets
+            if trace_context:
+                doc["traceContext"] = trace_context
+            try:
+                await self._exports.insert_one(doc)
+            except DuplicateKeyError:
+                existing = await self._exports.find_one({"dedupeKey": key})
+                if existing is not None:
+                    return Export.from_doc(existing), False
+                continue
+            return Export.from_doc(doc), True
+        raise RuntimeError("dedupe insert did not settle")  # pragma: no cover
+
+    async def get(self, export_id: str) -> Export | None:
+        doc = await self._exports.find_one({"_id": export_id})
+        return Export.from_doc(doc) if doc else None
+
+    async def page(
+        self,
+        campaign_id: str,
+        *,
+        export_type: ExportType | None = None,
+        status: ExportStatus | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[Export]:
+        query: Doc = {"campaignId": campaign_id}
+        if export_type is not None:
+            query["exportType"] = export_type.value
+        if status is not None:
+            query["status"] = status.value
+        cursor = (
+            self._exports.find(query)
+            .sort([("date.created", DESCENDING), ("_id", DESCENDING)])
+            .skip(offset)
+            .limit(limit)
+        )
+        return [Export.from_doc(doc) async for doc in cursor]
+
+    # ---- worker side --------------------------------------------------------------------
+
+    async def claim(self, worker_id: str) -> Export | None:
+        """Move the oldest PENDING export to TRIGGERED for `worker_id`, if a slot is free."""
+        busy = {
+            doc["slot"]
+            async for doc in self._exports.find({"slot": {"$exists": True}}, {"slot": 1})
+        }
+        free = [s for s in range(self._max_concurrent) if s not in busy]
+        if not free:
+            return None
+        # A few candidates, because another worker may win the first one.
+        for _ in range(5):
+            candidate = await self._exports.find_one(
+                {"status": ExportStatus.PENDING.value},
+                sort=[("date.created", ASCENDING), ("_id", ASCENDING)],
+                projection={"_id": 1},
+            )
+            if candidate is None:
+                return None
+            now = utcnow()
+            try:
+                result = await self._exports.update_one(
+                    {"_id": candidate["_id"], "status": ExportStatus.PENDING.value},
+                    {
+                        "$set": {
+                            "status": ExportStatus.TRIGGERED.value,
+                            "slot": free[0],
+                            "workerId": worker_id,
+                            "heartbeatAt": now,
+                            "date.triggered": now,
+                            "progress": {"processed": 0},
+                        },
+                        "$inc": {"attempts": 1},
+                    },
+                )
+            except DuplicateKeyError:
+                return None  # another worker took the slot first: not our turn
+            if result.modified_count == 1:
+                doc = await self._exports.find_one({"_id": candidate["_id"]})
+                return Export.from_doc(doc) if doc else None
+        return None
+
+    def _owned(self, export_id: str, worker_id: str) -> Doc:
+        return {
+            "_id": export_id,
+            "status": ExportStatus.TRIGGERED.value,
+            "workerId": worker_id,
+        }
+
+    async def heartbeat(self, export_id: str, worker_id: str, processed: int | None = None) -> bool:
+        """Prove the worker alive; `False` means the export is no longer ours."""
+        update: Doc = {"heartbeatAt": utcnow()}
+        if processed is not None:
+            update["progress.processed"] = processed
+        result = await self._exports.update_one(self._owned(export_id, worker_id), {"$set": update})
+        return result.matched_count == 1
+
+    async def set_total(self, export_id: str, worker_id: str, total: int) -> bool:
+        result = await self._exports.update_one(
+            self._owned(export_id, worker_id), {"$set": {"progress.total": total}}
+        )
+        return result.matched_count == 1
+
+    async def add_upload(self, export_id: str, worker_id: str, upload: PendingUpload) -> bool:
+        result = await self._exports.update_one(
+            self._owned(export_id, worker_id), {"$push": {"uploads": upload.to_doc()}}
+        )
+        return result.matched_count == 1
+
+    async def remove_upload(self, export_id: str, worker_id: str, upload: PendingUpload) -> None:
+        await self._exports.update_one(
+            self._owned(export_id, worker_id), {"$pull": {"uploads": upload.to_doc()}}
+        )
+
+    async def uploads(self, export_id: str) -> list[PendingUpload]:
+        doc = await self._exports.find_one({"_id": export_id}, {"uploads": 1})
+        return [PendingUpload.from_doc(u) for u in (doc or {}).get("uploads") or []]
+
+    def _leave_triggered(self, status: ExportStatus, now: datetime) -> Doc:
+        unset = {"slot": "", "workerId": "", "heartbeatAt": "", "uploads": ""}
+        if status is not ExportStatus.PENDING:
+            unset["dedupeKey"] = ""
+        return {"$unset": unset}
+
+    async def finish(
+        self, export_id: str, worker_id: str, files: Sequence[StoredFile], count: int
+    ) -> bool:
+        now = utcnow()
+        update = self._leave_triggered(ExportStatus.FINISHED, now)
+        update["$set"] = {
+            "status": ExportStatus.FINISHED.value,
+            "date.finished": now,
+            "count": count,
+            "progress.processed": count,
+            "files": [f.to_doc() for f in files],
+        }
+        result = await self._exports.update_one(self._owned(export_id, worker_id), update)
+        return result.modified_count == 1
+
+    async def fail(self, export_id: str, worker_id: str | None, code: str, message: str) -> bool:
+        now = utcnow()
+        update = self._leave_triggered(ExportStatus.FAILED, now)
+        update["$set"] = {
+            "status": ExportStatus.FAILED.value,
+            "date.failed": now,
+            "error": {"code": code, "message": message},
+        }
+        query = (
+            self._owned(export_id, worker_id)
+            if worker_id
+            else {"_id": export_id, "status": ExportStatus.TRIGGERED.value}
+        )
+        result = await self._exports.update_one(query, update)
+        return result.modified_count == 1
+
+    async def expire(self, export_id: str, worker_id: str | None) -> bool:
+        now = utcnow()
+        update = self._leave_triggered(ExportStatus.EXPIRED, now)
+        update["$set"] = {
+            "status": ExportStatus.EXPIRED.value,
+            "date.expired": now,
+            "error": {"code": "Timeout", "message": "export ran longer than timeoutMillis"},
+        }
+        query: Doc = {"_id": export_id, "status": ExportStatus.TRIGGERED.value}
+        if worker_id:
+            query["workerId"] = worker_id
+        result = await self._exports.update_one(query, update)
+        return result.modified_count == 1
+
+    async def requeue(self, export_id: str, worker_id: str | None) -> bool:
+        """TRIGGERED → PENDING (shutdown or dead worker); keeps its place by `date.created`."""
+        update = self._leave_triggered(ExportStatus.PENDING, utcnow())
+        update["$set"] = {"status": ExportStatus.PENDING.value, "progress": {"processed": 0}}
+        update["$unset"]["date.triggered"] = ""
+        query: Doc = {"_id": export_id, "status": ExportStatus.TRIGGERED.value}
+        if worker_id:
+            query["workerId"] = worker_id
+        result = await self._exports.update_one(query, update)
+        return result.modified_count == 1
+
+    async def stale(self, *, run_timeout: timedelta, heartbeat_timeout: timedelta) -> list[Doc]:
+        """TRIGGERED exports past their timeout or whose worker stopped beating."""
+        now = utcnow()
+        cursor = self._exports.find(
+            {
+                "slot": {"$exists": True},
+                "$or": [
+                    {"date.triggered": {"$lt": now - run_timeout}},
+                    {"heartbeatAt": {"$lt": now - heartbeat_timeout}},
+                ],
+            }
+        )
+        return [doc async for doc in cursor]
+
+    async def counts_by_status(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for status in ACTIVE_STATUSES:
+            counts[status.value] = await self._exports.count_documents({"status": status.value})
+        return counts
+
+    async def oldest_pending_created(self) -> datetime | None:
+        doc = await self._exports.find_one(
+            {"status": ExportStatus.PENDING.value},
+            sort=[("date.created", ASCENDING), ("_id", ASCENDING)],
+            projection={"date.created": 1},
+        )
+        return doc["date"]["created"] if doc else None

@@ -1,0 +1,91 @@
+"""The clients one process holds (MongoDB, S3, repository, worker), opened and closed together."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from export_service import db as dbmod
+from export_service.queue.repository import ExportRepository
+from export_service.queue.worker import Worker
+from export_service.settings import Settings
+from export_service.storage import Storage
+
+Doc = dict[str, Any]
+
+
+def mongo_uri(settings: Settings) -> str:
+    if settings.mongo_uri is not None:
+        return settings.mongo_uri.get_secret_value()
+    return f"mongodb://127.0.0.1:{settings.embedded_mongo_port}/?directConnection=true"
+
+
+def s3_endpoint(settings: Settings) -> str | None:
+    if settings.s3_endpoint_url:
+        return settings.s3_endpoint_url
+    if settings.embedded:
+        return f"http://127.0.0.1:{settings.embedded_s3_port}"
+    return None  # AWS: region and credentials from the standard AWS_* variables
+
+
+def s3_credentials(settings: Settings) -> tuple[str, str] | None:
+    """Static keys when configured; any keys for the embedded server; else AWS's own chain."""
+    if settings.s3_access_key_id is not None and settings.s3_secret_access_key is not None:
+        return (
+            settings.s3_access_key_id.get_secret_value(),
+            settings.s3_secret_access_key.get_secret_value(),
+        )
+    if settings.embedded and not settings.s3_endpoint_url:
+        return ("embedded", "embedded")
+    return None
+
+
+def dev_jwt_secret(settings: Settings) -> str:
+    """The configured secret, or (embedded mode only) a random one kept in the data dir."""
+    if settings.jwt_secret is not None:
+        return settings.jwt_secret.get_secret_value()
+    if not settings.embedded:
+        raise RuntimeError("EXPORT_SERVICE_JWT_SECRET or EXPORT_SERVICE_JWT_PUBLIC_KEY is required")
+    path = Path(settings.data_dir) / "dev-jwt-secret"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+@dataclass(slots=True)
+class Services:
+    settings: Settings
+    client: AsyncMongoClient[Doc]
+    db: AsyncDatabase[Doc]
+    storage: Storage
+    repository: ExportRepository
+    worker: Worker
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls, settings: Settings, *, create_buckets: bool | None = None
+    ) -> AsyncIterator[Services]:
+        client = dbmod.connect(mongo_uri(settings), settings)
+        try:
+            db: AsyncDatabase[Doc] = client[settings.mongo_db]
+            await dbmod.ensure_indexes(db, settings)
+            async with Storage.open(
+                settings, s3_endpoint(settings), s3_credentials(settings)
+            ) as storage:
+                if create_buckets if create_buckets is not None else settings.embedded:
+                    await storage.ensure_buckets(list(settings.buckets.values()))
+                repository = ExportRepository(db, max_concurrent=settings.max_concurrent_exports)
+                worker = Worker(repository, db, storage, settings)
+                yield cls(settings, client, db, storage, repository, worker)
+        finally:
+            await client.close()

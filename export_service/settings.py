@@ -1,0 +1,169 @@
+"""Every tunable of the service, read from `EXPORT_SERVICE_*` variables and an optional file.
+
+No configuration at all means "embedded": a local MongoDB-wire server and a local S3 server are
+started (or reused) by the service itself. Setting `EXPORT_SERVICE_MONGO_URI` switches to a
+real MongoDB, and `EXPORT_SERVICE_S3_ENDPOINT_URL` unset means AWS S3 with the standard `AWS_*`
+variables.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SETTINGS_FILE_ENV = "EXPORT_SERVICE_SETTINGS_FILE"
+
+
+class BucketRole(StrEnum):
+    """Which configured bucket an export type writes to (DESIGN §6)."""
+
+    EXPORTS = "exportsS3"
+    SCORING = "scoringS3"
+    VF_SCORING = "vfScoringS3"
+    SFMC = "sfmcS3"
+
+
+DEFAULT_REGION_BY_COUNTRY = {"US": "NA", "CA": "NA", "MX": "NA", "GB": "UK", "IE": "UK"}
+DEFAULT_LOCALE_ALIASES = {
+    "en-mx": "en-us",
+    "en-uk": "en-gb",
+    "en-ie": "en-gb",
+    "en-nz": "en-au",
+}
+DEFAULT_COUNTRY_LOCALES = {
+    "US": "en-us",
+    "CA": "en-ca",
+    "MX": "es-mx",
+    "GB": "en-gb",
+    "IE": "en-gb",
+}
+DEFAULT_SFMC_PREFIXES = {
+    "NA": "Ticketmaster/7222895/TMDemandMgmt/DM_ArtistPresale_V03",
+    "UK": "TMInternational/1314420/DM_ArtistPresale/DM_ArtistPresale_V03",
+}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="EXPORT_SERVICE_",
+        env_file=os.environ.get(SETTINGS_FILE_ENV),
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    # --- MongoDB -------------------------------------------------------------------------
+    mongo_uri: SecretStr | None = Field(
+        default=None, description="MongoDB URI; unset = start/reuse the embedded server."
+    )
+    mongo_db: str = Field(
+        default="verifiedfan", description="Database holding sources and exports."
+    )
+    mongo_timeout_ms: int = Field(default=5_000, ge=100, description="Server selection timeout.")
+
+    # --- S3 ------------------------------------------------------------------------------
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="S3 endpoint; unset = AWS (or the embedded server if no Mongo URI).",
+    )
+    s3_access_key_id: SecretStr | None = Field(
+        default=None, description="Static S3 key id; unset = the standard AWS credential chain."
+    )
+    s3_secret_access_key: SecretStr | None = Field(
+        default=None, description="Static S3 secret key (with `s3_access_key_id`)."
+    )
+    s3_region: str = Field(default="us-east-1", description="Region for S3 and URL signing.")
+    s3_addressing_style: str = Field(default="auto", description="`path` for moto/MinIO.")
+    s3_acl_enabled: bool = Field(
+        default=True, description="Send ACLs; turn off for buckets with ACLs disabled."
+    )
+    s3_call_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="Upper bound on any single S3 call."
+    )
+    s3_max_attempts: int = Field(default=5, ge=1, description="botocore retry attempts per call.")
+    s3_part_size_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=5 * 1024 * 1024, description="Multipart part size."
+    )
+    s3_upload_concurrency: int = Field(default=2, ge=1, description="Parts in flight per export.")
+    bucket_exports: str = Field(default="exports", description="Bucket `exportsS3`.")
+    bucket_scoring: str = Field(default="scoring", description="Bucket `scoringS3`.")
+    bucket_vf_scoring: str = Field(default="vf-scoring", description="Bucket `vfScoringS3`.")
+    bucket_sfmc: str = Field(default="sfmc", description="Bucket `sfmcS3`.")
+    signed_url_ttl_seconds: int = Field(default=86_400, ge=60, description="TTL of download URLs.")
+
+    # --- API -----------------------------------------------------------------------------
+    host: str = Field(default="127.0.0.1", description="API bind address.")
+    port: int = Field(default=8080, ge=0, le=65535, description="API port.")
+    jwt_secret: SecretStr | None = Field(default=None, description="HS256 secret.")
+    jwt_public_key: str | None = Field(default=None, description="RS256 public key (PEM).")
+    max_body_bytes: int = Field(default=64 * 1024, description="Largest accepted request body.")
+
+    # --- Queue / worker ------------------------------------------------------------------
+    polling_interval_millis: int = Field(default=1_000, ge=10, description="Idle poll period.")
+    timeout_millis: int = Field(
+        default=1_800_000, ge=50, description="TRIGGERED longer than this becomes EXPIRED."
+    )
+    heartbeat_interval_millis: int = Field(
+        default=5_000, ge=10, description="How often a running export proves its worker alive."
+    )
+    heartbeat_timeout_millis: int = Field(
+        default=60_000, ge=50, description="No heartbeat for this long = the worker died."
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, description="Runs lost to dead workers before an export is FAILED."
+    )
+    max_concurrent_exports: int = Field(default=1, ge=1, description="TRIGGERED at once, globally.")
+    shutdown_grace_seconds: float = Field(
+        default=30.0, ge=0, description="On SIGTERM, time the running export gets to finish."
+    )
+
+    # --- Exports -------------------------------------------------------------------------
+    max_rows_per_file: int = Field(default=500_000, ge=1, description="Split point of ZIP parts.")
+    reminder_sample_size: int = Field(default=100, ge=1, description="Rows per sample file.")
+    batch_size: int = Field(default=2_000, ge=1, description="Cursor batch size.")
+    default_region: str = Field(default="NA", description="Region of unlisted countries.")
+    region_by_country: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_REGION_BY_COUNTRY)
+    )
+    locale_aliases: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_LOCALE_ALIASES))
+    country_locales: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_COUNTRY_LOCALES))
+    fallback_locale: str = Field(default="en-us", description="Locale when nothing else fits.")
+    sfmc_prefixes: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_SFMC_PREFIXES))
+
+    # --- Embedded servers ----------------------------------------------------------------
+    data_dir: Path = Field(
+        default=Path(".export-service"), description="Embedded servers' data directory."
+    )
+    embedded_mongo_port: int = Field(default=27018, description="Embedded MongoDB-wire port.")
+    embedded_s3_port: int = Field(default=4566, description="Embedded S3 port.")
+
+    # --- Observability -------------------------------------------------------------------
+    log_format: str = Field(default="auto", description="`json`, `console` or `auto` (tty).")
+    log_level: str = Field(default="INFO", description="Minimum log level.")
+    otlp_endpoint: str | None = Field(default=None, description="OTLP/HTTP endpoint for traces.")
+
+    @field_validator("region_by_country", "country_locales")
+    @classmethod
+    def _upper_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        return {k.upper(): v for k, v in value.items()}
+
+    @property
+    def embedded(self) -> bool:
+        return self.mongo_uri is None
+
+    @cached_property
+    def buckets(self) -> dict[BucketRole, str]:
+        return {
+            BucketRole.EXPORTS: self.bucket_exports,
+            BucketRole.SCORING: self.bucket_scoring,
+            BucketRole.VF_SCORING: self.bucket_vf_scoring,
+            BucketRole.SFMC: self.bucket_sfmc,
+        }
+
+    def bucket(self, role: BucketRole) -> str:
+        return self.buckets[role]

@@ -1,0 +1,71 @@
+"""Small, hand-written source documents for tests (byte-for-byte expectations need known data)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+
+Doc = dict[str, Any]
+
+CAMPAIGN = "camp-1"
+T0 = datetime(2026, 11, 23, 10, 0, 0)
+
+
+async def add_campaign(
+    db: AsyncDatabase[Doc],
+    campaign_id: str = CAMPAIGN,
+    *,
+    name: str = "Tour 2026",
+    preferences: list[Doc] | None = None,
+    markets: list[Doc] | None = None,
+) -> None:
+    await db["campaigns"].insert_one(
+        {
+            "_id": campaign_id,
+            "name": name,
+            "artist": {"name": "The Band"},
+            "preferences": preferences if preferences is not None else [],
+            "date": {"created": T0},
+        }
+    )
+    if markets is None:
+        markets = [
+            {"_id": f"{campaign_id}-m1", "name": "Chicago", "city": "Chicago", "state": "IL"},
+            {"_id": f"{campaign_id}-m2", "name": "=Dublin", "city": "Dublin", "state": ""},
+        ]
+    for market in markets:
+        await db["markets"].insert_one(
+            {"campaignId": campaign_id, "promoterIds": [], "event": {"date": T0}, **market}
+        )
+
+
+def entry(
+    entry_id: str,
+    user_id: str,
+    *,
+    campaign_id: str = CAMPAIGN,
+    market_id: str | None = None,
+    created: datetime = T0,
+    **extra: Any,
+) -> Doc:
+    doc: Doc = {
+        "_id": entry_id,
+        "campaignId": campaign_id,
+        "userId": user_id,
+        "marketId": market_id or f"{campaign_id}-m1",
+        "locale": "en-US",
+        "countryCode": "US",
+        "fields": {
+            "email": f"{user_id}@example.com",
+            "first_name": "Ann",
+            "last_name": "Lee",
+            "phone": "+15550001",
+            "postal_code": "60601",
+        },
+        "optIns": {},
+        "date": {"created": created},
+    }
+    doc.update(extra)
+    return doc
