@@ -19,8 +19,13 @@ SOURCE_INDEXES: dict[str, list[IndexModel]] = {
     "entries": [
         IndexModel([("campaignId", ASCENDING), ("_id", ASCENDING)], name="campaign_id"),
         IndexModel(
-            [("campaignId", ASCENDING), ("userId", ASCENDING), ("date.created", ASCENDING)],
-            name="campaign_user_created",
+            [
+                ("campaignId", ASCENDING),
+                ("userId", ASCENDING),
+                ("date.created", ASCENDING),
+                ("_id", ASCENDING),
+            ],
+            name="campaign_user_created_id",
         ),
     ],
     "markets": [IndexModel([("campaignId", ASCENDING)], name="campaign")],

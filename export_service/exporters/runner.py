@@ -86,6 +86,11 @@ async def run_export(
             await sink.write(rows)
             rows_done += len(rows)
             await on_progress(rows_done)
+        if spec.finish is not None:
+            rows = await spec.finish(ctx)
+            await sink.write(rows)
+            rows_done += len(rows)
+            await on_progress(rows_done)
         files = await sink.close()
     except BaseException:
         await sink.abort()

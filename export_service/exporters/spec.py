@@ -55,6 +55,7 @@ FilterFn = Callable[[Context], Doc]
 TransformFn = Callable[[Context, list[Doc]], Awaitable[Sequence[Any]]]
 ColumnsFn = Callable[[Context], Sequence[str]]
 PrepareFn = Callable[[Context], Awaitable[None]]
+FinishFn = Callable[[Context], Awaitable[Sequence[Any]]]
 CountFn = Callable[[Context], Awaitable[int]]
 
 
@@ -83,6 +84,8 @@ class ExporterSpec:
     # Counts rows before writing; None where counting costs as much as the export.
     count: CountFn | None = None
     prepare: PrepareFn | None = None
+    # Rows still held by a stateful transform when the cursor is exhausted (per-user grouping).
+    finish: FinishFn | None = None
     # For ZIP/OBJECTS: partition → member file name(s) / object key(s), and the row cap per file.
     max_rows_per_file: Callable[[Context], int] | None = None
 
