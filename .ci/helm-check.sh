@@ -187,10 +187,13 @@ expect default.yaml '^kind: ConfigMap$' 1
 expect default.yaml '^kind: PodDisruptionBudget$' 2
 expect default.yaml '^kind: HorizontalPodAutoscaler$' 0
 expect default.yaml '^kind: ServiceMonitor$' 0
+expect default.yaml '^kind: PodMonitor$' 0
+expect default.yaml 'EXPORT_SERVICE_WORKER_METRICS_PORT: "9100"' 1
 expect default.yaml '^kind: Secret$' 0
 if [[ -f "$OUT/aws-irsa-values.yaml" ]]; then
   expect aws-irsa-values.yaml '^kind: HorizontalPodAutoscaler$' 1
   expect aws-irsa-values.yaml '^kind: ServiceMonitor$' 1
+  expect aws-irsa-values.yaml '^kind: PodMonitor$' 1
   expect aws-irsa-values.yaml '^  replicas: 3$' 1
   expect aws-irsa-values.yaml 'eks.amazonaws.com/role-arn: arn:aws:iam::' 1
   expect aws-irsa-values.yaml 'EXPORT_SERVICE_S3_ACL_ENABLED: "false"' 1

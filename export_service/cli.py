@@ -12,11 +12,13 @@ from collections.abc import Iterator, Sequence
 import structlog
 from aiohttp import web
 
-from export_service import logs
+from export_service import logs, telemetry
 from export_service.app.auth import mint
 from export_service.app.factory import create_app
+from export_service.client import commands as client_commands
 from export_service.runtime import Services, dev_jwt_secret
 from export_service.settings import Settings
+from export_service.worker_http import worker_listener
 
 log = structlog.get_logger(__name__)
 
@@ -37,12 +39,16 @@ def _servers(settings: Settings) -> Iterator[None]:
 
 def _serve(settings: Settings, *, run_worker: bool) -> None:
     app = create_app(settings, run_worker=run_worker)
-    log.info("api_listening", action="api_listening", host=settings.host, port=settings.port)
+    log.info("api_listening", host=settings.host, port=settings.port)
     web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
 
 
 async def _worker_main(settings: Settings) -> None:
-    async with Services.open(settings) as services:
+    async with Services.open(settings) as services, contextlib.AsyncExitStack() as stack:
+        if settings.worker_metrics_port is not None:
+            await stack.enter_async_context(
+                worker_listener(services, settings.host, settings.worker_metrics_port)
+            )
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -115,11 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--entries", type=int, default=10_000)
     seed.add_argument("--seed", type=int, default=42)
     seed.add_argument("--fresh", action="store_true", help="replace the campaign's data")
+    client_commands.add_parsers(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in client_commands.COMMANDS:
+        return client_commands.run(args)
     settings = Settings()
     logs.configure(settings.log_format, settings.log_level)
     command = args.command
@@ -127,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(mint(dev_jwt_secret(settings), sub=args.sub, campaigns=args.campaign,
                    supreme=args.supreme, ttl_seconds=args.ttl))  # fmt: skip
         return 0
+    if command in ("serve", "api", "worker", "dev"):
+        telemetry.install(settings, component=command)
     with _servers(settings):
         if command == "serve":
             _serve(settings, run_worker=True)

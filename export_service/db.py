@@ -7,6 +7,7 @@ from typing import Any
 from pymongo import ASCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 
+from export_service.ccpa_requests import CcpaRequests
 from export_service.queue.repository import ExportRepository
 from export_service.settings import Settings
 
@@ -27,15 +28,39 @@ SOURCE_INDEXES: dict[str, list[IndexModel]] = {
             ],
             name="campaign_user_created_id",
         ),
+        # Reminder types: the entries of one (countryCode, locale) value pair, user by user.
+        IndexModel(
+            [
+                ("campaignId", ASCENDING),
+                ("countryCode", ASCENDING),
+                ("locale", ASCENDING),
+                ("userId", ASCENDING),
+                ("date.created", ASCENDING),
+                ("_id", ASCENDING),
+            ],
+            name="campaign_country_locale_user_created_id",
+        ),
+        # CCPA: the campaigns one user entered (covered: distinct campaignId for a userId).
+        IndexModel([("userId", ASCENDING), ("campaignId", ASCENDING)], name="user_campaign"),
     ],
     "markets": [IndexModel([("campaignId", ASCENDING)], name="campaign")],
     "scoring": [
         IndexModel([("campaignId", ASCENDING), ("_id", ASCENDING)], name="campaign_id"),
         IndexModel([("userId", ASCENDING)], name="user"),
+        # waitlist's count: records of one campaign, selected or not, for given users.
+        IndexModel(
+            [("campaignId", ASCENDING), ("selected", ASCENDING), ("userId", ASCENDING)],
+            name="campaign_selected_user",
+        ),
     ],
     "codes": [
         IndexModel([("campaignId", ASCENDING), ("_id", ASCENDING)], name="campaign_id"),
         IndexModel([("assignedTo", ASCENDING)], name="assigned_to"),
+        # codeWaves: one wave's codes in _id order straight from the index.
+        IndexModel(
+            [("campaignId", ASCENDING), ("waveDateKey", ASCENDING), ("_id", ASCENDING)],
+            name="campaign_wave_id",
+        ),
     ],
     "sms_waves": [
         IndexModel([("campaignId", ASCENDING), ("status", ASCENDING)], name="campaign_status"),
@@ -56,5 +81,6 @@ def connect(uri: str, settings: Settings) -> AsyncMongoClient[Doc]:
 
 async def ensure_indexes(db: AsyncDatabase[Doc], settings: Settings) -> None:
     await ExportRepository(db, max_concurrent=settings.max_concurrent_exports).ensure_indexes()
+    await CcpaRequests(db).ensure_indexes()
     for collection, indexes in SOURCE_INDEXES.items():
         await db[collection].create_indexes(indexes)

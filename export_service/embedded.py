@@ -66,23 +66,23 @@ def embedded_servers(settings: Settings) -> Iterator[None]:
     started: list[subprocess.Popen[bytes]] = []
     try:
         if port_open(settings.embedded_mongo_port):
-            log.info("embedded_reused", action="embedded_reused", server="mongodb")
+            log.info("embedded_reused", server="mongodb")
         else:
             proc = _start(
                 mongo_command(settings.embedded_mongo_port, data / "mongo"), data / "mongo.log"
             )
             started.append(proc)
             wait_for_port(settings.embedded_mongo_port, proc, "SecantusDB", 60)
-            log.info("embedded_started", action="embedded_started", server="mongodb",
+            log.info("embedded_started", server="mongodb",
                      port=settings.embedded_mongo_port)  # fmt: skip
         if settings.s3_endpoint_url is None:
             if port_open(settings.embedded_s3_port):
-                log.info("embedded_reused", action="embedded_reused", server="s3")
+                log.info("embedded_reused", server="s3")
             else:
                 proc = _start(s3_command(settings.embedded_s3_port), data / "s3.log")
                 started.append(proc)
                 wait_for_port(settings.embedded_s3_port, proc, "moto S3 server", 60)
-                log.info("embedded_started", action="embedded_started", server="s3",
+                log.info("embedded_started", server="s3",
                          port=settings.embedded_s3_port)  # fmt: skip
         yield
     finally:

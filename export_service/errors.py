@@ -65,6 +65,12 @@ class ServiceUnavailable(ExportServiceError):
     code = "ServiceUnavailable"
 
 
+class CcpaIncomplete(ServiceUnavailable):
+    """Some exports could not be deleted (S3 failed); re-running the request completes it."""
+
+    code = "CcpaIncomplete"
+
+
 class ExportFailed(ExportServiceError):
     """An export cannot be produced; its `code` ends up in `export.error.code`."""
 
@@ -77,6 +83,12 @@ class NoMarketsFound(ExportFailed):
 
 class PromotersNotFound(ExportFailed):
     code = "PromotersNotFound"
+
+
+class SfmcPrefixNotConfigured(ExportFailed):
+    """autoReminderEmail has rows for a region that has no SFMC prefix in the settings."""
+
+    code = "SfmcPrefixNotConfigured"
 
 
 class StorageError(ExportFailed):

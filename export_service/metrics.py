@@ -1,10 +1,35 @@
-"""Prometheus metrics, on a registry of our own so tests and several apps do not collide."""
+"""Prometheus metrics, on a registry of our own so tests and several apps do not collide.
+
+Counters get a `_total` suffix in the exposition (`export_service_exports_created_total`). The
+queue gauges are read from MongoDB at scrape time, so every process reports the same queue: use
+`max()` across instances, not `sum()`.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import asyncio
+
+import structlog
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
+from export_service.models import ACTIVE_STATUSES, TERMINAL_STATUSES, ExportType, utcnow
+from export_service.queue.repository import ExportRepository
+
+log = structlog.get_logger(__name__)
+
+# `*_created` timestamp series double the output and no dashboard here uses them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 EXPORTS_CREATED = Counter(
     "export_service_exports_created",
@@ -14,14 +39,20 @@ EXPORTS_CREATED = Counter(
 )
 EXPORTS_ENDED = Counter(
     "export_service_exports_ended",
-    "Exports that reached a terminal status (or were re-queued).",
+    "Exports that reached a terminal status (FINISHED, FAILED, EXPIRED), by whoever ended them.",
     ["export_type", "status"],
+    registry=REGISTRY,
+)
+EXPORTS_REQUEUED = Counter(
+    "export_service_exports_requeued",
+    "Runs put back to PENDING: `shutdown` (SIGTERM past the grace) or `worker_lost` (sweep).",
+    ["export_type", "reason"],
     registry=REGISTRY,
 )
 EXPORT_DURATION = Histogram(
     "export_service_export_duration_seconds",
-    "Wall time of one export run, claim to terminal status.",
-    ["export_type"],
+    "Wall time of one export run that its worker ended, claim to terminal status.",
+    ["export_type", "status"],
     buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 1800, 3600),
     registry=REGISTRY,
 )
@@ -32,7 +63,24 @@ EXPORT_ROWS = Histogram(
     buckets=(0, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000),
     registry=REGISTRY,
 )
-S3_BYTES = Counter("export_service_s3_uploaded_bytes", "Bytes uploaded to S3.", registry=REGISTRY)
+S3_BYTES = Counter(
+    "export_service_s3_uploaded_bytes",
+    "Bytes S3 accepted (each multipart part or single PUT as it completes).",
+    ["bucket"],
+    registry=REGISTRY,
+)
+EXPORTS_RUNNING = Gauge(
+    "export_service_exports_running",
+    "Exports this process's worker is running now.",
+    registry=REGISTRY,
+)
+HTTP_REQUESTS = Histogram(
+    "export_service_http_request_duration_seconds",
+    "API requests by route template and status, and their latency.",
+    ["method", "route", "status"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
 QUEUE_DEPTH = Gauge(
     "export_service_queue_depth", "Exports by active status.", ["status"], registry=REGISTRY
 )
@@ -41,3 +89,31 @@ OLDEST_PENDING_AGE = Gauge(
     "Age of the oldest PENDING export (0 when none).",
     registry=REGISTRY,
 )
+
+# Every type's series exist from the start: a counter first seen at 1 hides that increment
+# from `rate()` and `increase()`.
+for _type in ExportType:
+    EXPORTS_CREATED.labels(_type.value)
+    for _status in TERMINAL_STATUSES:
+        EXPORTS_ENDED.labels(_type.value, _status.value)
+
+
+async def refresh_queue(repository: ExportRepository) -> None:
+    """Set the queue gauges from the database (bounded: a scrape must not hang)."""
+    async with asyncio.timeout(2):
+        counts = await repository.counts_by_status()
+        oldest = await repository.oldest_pending_created()
+    for status in ACTIVE_STATUSES:
+        QUEUE_DEPTH.labels(status.value).set(counts.get(status.value, 0))
+    age = (utcnow() - oldest).total_seconds() if oldest else 0.0
+    OLDEST_PENDING_AGE.set(max(0.0, age))
+
+
+async def exposition(repository: ExportRepository) -> bytes:
+    """The Prometheus text of this process, queue gauges refreshed first when MongoDB answers."""
+    try:
+        await refresh_queue(repository)
+    except Exception as exc:
+        # A scrape answers with what the process knows; the queue gauges keep their last value.
+        log.warning("metrics_queue_unavailable", error=f"{type(exc).__name__}: {exc}")
+    return generate_latest(REGISTRY)

@@ -103,6 +103,8 @@ class Export:
     worker_id: str | None = None
     attempts: int = 0
     trace_context: dict[str, str] | None = None
+    # The X-Request-ID of the API request that created it: bound on the worker's log lines.
+    request_id: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -127,6 +129,7 @@ class Export:
             worker_id=doc.get("workerId"),
             attempts=int(doc.get("attempts", 0)),
             trace_context=doc.get("traceContext"),
+            request_id=doc.get("requestId"),
         )
 
     def to_api(self) -> dict[str, Any]:

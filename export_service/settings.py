@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(
         default=30.0, ge=0, description="On SIGTERM, time the running export gets to finish."
     )
+    progress_interval_millis: int = Field(
+        default=1_000, ge=10, description="How often a running export writes `progress.processed`."
+    )
 
     # --- Exports -------------------------------------------------------------------------
     max_rows_per_file: int = Field(default=500_000, ge=1, description="Split point of ZIP parts.")
@@ -145,7 +148,16 @@ class Settings(BaseSettings):
     # --- Observability -------------------------------------------------------------------
     log_format: str = Field(default="auto", description="`json`, `console` or `auto` (tty).")
     log_level: str = Field(default="INFO", description="Minimum log level.")
-    otlp_endpoint: str | None = Field(default=None, description="OTLP/HTTP endpoint for traces.")
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP collector, e.g. `http://otel-collector:4318` (`/v1/traces` added).",
+    )
+    worker_metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="`worker` command: serve /metrics and /heartbeat on this port (unset = off).",
+    )
 
     @field_validator("region_by_country", "country_locales")
     @classmethod

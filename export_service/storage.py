@@ -20,6 +20,7 @@ import structlog
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from export_service import metrics
 from export_service.errors import StorageError
 from export_service.settings import Settings
 
@@ -42,7 +43,6 @@ class Storage:
     def __init__(self, client: Any, settings: Settings) -> None:
         self._s3 = client
         self._settings = settings
-        self.bytes_uploaded = 0
 
     @classmethod
     @asynccontextmanager
@@ -87,7 +87,7 @@ class Storage:
                         f"S3 {operation} failed: {type(exc).__name__}: {exc}",
                         operation=operation,
                     ) from exc
-                log.warning("s3_retry", action="s3_retry", operation=operation, error=str(exc))
+                log.warning("s3_retry", operation=operation, error=str(exc))
             except ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code", "Unknown")
                 raise StorageError(
@@ -124,12 +124,18 @@ class Storage:
             )
             errors = answer.get("Errors") or []
             if errors:
+                # The keys let a caller tell what is gone from what is still there.
                 raise StorageError(
-                    f"S3 delete_objects failed for {len(errors)} keys", bucket=bucket
+                    f"S3 delete_objects failed for {len(errors)} keys",
+                    bucket=bucket,
+                    keys=[e.get("Key") for e in errors],
                 )
 
-    async def abort_upload(self, bucket: str, key: str, upload_id: str | None) -> None:
-        """Remove whatever an unfinished write left: the multipart upload and any object."""
+    async def abort_upload(
+        self, bucket: str, key: str, upload_id: str | None, *, remove_object: bool = True
+    ) -> None:
+        """Remove whatever an unfinished write left: the multipart upload and (unless told
+        otherwise) any object under its key."""
         if upload_id:
             try:
                 await self.call(
@@ -138,7 +144,8 @@ class Storage:
             except StorageError as exc:
                 if exc.payload.get("s3_code") not in ("NoSuchUpload", "404"):
                     raise
-        await self.delete(bucket, [key])
+        if remove_object:
+            await self.delete(bucket, [key])
 
     def writer(
         self,
@@ -148,6 +155,7 @@ class Storage:
         acl: str | None,
         content_type: str,
         on_start: Callable[[str | None], Awaitable[None]],
+        before_commit: Callable[[], Awaitable[None]] | None = None,
     ) -> ObjectWriter:
         return ObjectWriter(
             self,
@@ -158,6 +166,7 @@ class Storage:
             part_size=self._settings.s3_part_size_bytes,
             concurrency=self._settings.s3_upload_concurrency,
             on_start=on_start,
+            before_commit=before_commit,
         )
 
 
@@ -180,6 +189,7 @@ class ObjectWriter:
         part_size: int,
         concurrency: int,
         on_start: Callable[[str | None], Awaitable[None]],
+        before_commit: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.bucket = bucket
         self.key = key
@@ -190,6 +200,8 @@ class ObjectWriter:
         self._part_size = part_size
         self._concurrency = concurrency
         self._on_start = on_start
+        # Awaited right before the object is made visible; raising there keeps it invisible.
+        self._before_commit = before_commit
         self._buffer = bytearray()
         self._hash = hashlib.sha256()
         self._size = 0
@@ -197,6 +209,9 @@ class ObjectWriter:
         self._parts: list[dict[str, Any]] = []
         self._in_flight: list[asyncio.Task[dict[str, Any]]] = []
         self._started = False
+        # Set once this writer asks S3 to make the object visible: only from then on can an
+        # object under the key be its own (another run of the same export writes the same key).
+        self._committing = False
 
     @property
     def size(self) -> int:
@@ -236,7 +251,7 @@ class ObjectWriter:
             PartNumber=number,
             Body=body,
         )
-        self._storage.bytes_uploaded += len(body)
+        metrics.S3_BYTES.labels(self.bucket).inc(len(body))
         return {"PartNumber": number, "ETag": answer["ETag"]}
 
     async def close(self) -> WrittenObject:
@@ -245,10 +260,11 @@ class ObjectWriter:
             self._started = True
             body = bytes(self._buffer)
             self._buffer.clear()
+            await self._commit()
             await self._storage.call(
                 "put_object", Bucket=self.bucket, Key=self.key, Body=body, **self._extra
             )
-            self._storage.bytes_uploaded += len(body)
+            metrics.S3_BYTES.labels(self.bucket).inc(len(body))
         else:
             if self._buffer:
                 await self._ship_part()
@@ -256,20 +272,35 @@ class ObjectWriter:
                 self._parts.append(await task)
             self._in_flight.clear()
             self._parts.sort(key=lambda p: p["PartNumber"])
-            await self._storage.call(
-                "complete_multipart_upload",
-                Bucket=self.bucket,
-                Key=self.key,
-                UploadId=self._upload_id,
-                MultipartUpload={"Parts": self._parts},
-            )
+            await self._commit()
+            try:
+                await self._storage.call(
+                    "complete_multipart_upload",
+                    Bucket=self.bucket,
+                    Key=self.key,
+                    UploadId=self._upload_id,
+                    MultipartUpload={"Parts": self._parts},
+                )
+            except StorageError as exc:
+                if exc.payload.get("s3_code") == "NoSuchUpload":
+                    # Aborted by whoever took the export over: the object is not ours.
+                    self._committing = False
+                raise
         return WrittenObject(self.bucket, self.key, self._size, self._hash.hexdigest())
 
+    async def _commit(self) -> None:
+        if self._before_commit is not None:
+            await self._before_commit()
+        self._committing = True
+
     async def abort(self) -> None:
-        """Cancel parts in flight and remove the upload (and the object, if it completed)."""
+        """Cancel parts in flight and remove the upload, and the object if this writer may
+        have made it: never one that a newer run of the same export wrote under the key."""
         for task in self._in_flight:
             task.cancel()
         await asyncio.gather(*self._in_flight, return_exceptions=True)
         self._in_flight.clear()
         if self._started:
-            await self._storage.abort_upload(self.bucket, self.key, self._upload_id)
+            await self._storage.abort_upload(
+                self.bucket, self.key, self._upload_id, remove_object=self._committing
+            )

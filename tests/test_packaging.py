@@ -241,6 +241,32 @@ def test_override_render_scales_and_monitors(rendered: dict[str, list[dict[str, 
     assert "EXPORT_SERVICE_S3_ENDPOINT_URL" not in cm["data"]  # AWS S3
 
 
+def test_worker_serves_metrics_and_liveness_and_is_scraped(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    from export_service.settings import Settings
+
+    for name, docs in rendered.items():
+        worker = _deployment(docs, "worker")
+        container = _container(worker)
+        assert {"name": "metrics", "containerPort": 9100, "protocol": "TCP"} in container["ports"]
+        assert container["livenessProbe"]["httpGet"] == {"path": "/heartbeat", "port": "metrics"}
+        (cm,) = _by_kind(docs, "ConfigMap")
+        assert cm["data"]["EXPORT_SERVICE_WORKER_METRICS_PORT"] == "9100", name
+        assert "worker_metrics_port" in Settings.model_fields
+
+    assert not _by_kind(rendered["default.yaml"], "PodMonitor")
+    docs = rendered["aws-irsa-values.yaml"]
+    api, worker = _deployment(docs, "api"), _deployment(docs, "worker")
+    (monitor,) = _by_kind(docs, "PodMonitor")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert _matches(selector, worker["spec"]["template"]["metadata"]["labels"])
+    assert not _matches(selector, api["spec"]["template"]["metadata"]["labels"])
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
 def test_deploy_doc_example_is_the_rendered_values_file() -> None:
     yaml = pytest.importorskip("yaml")
     text = DEPLOY_DOC.read_text()

@@ -11,6 +11,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 from pydantic import ValidationError
+from pymongo.errors import ConnectionFailure
 
 from export_service.errors import ExportServiceError
 
@@ -49,7 +50,19 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_response(exc.status, exc.reason, {"code": exc.reason.replace(" ", "")})
+        response = error_response(exc.status, exc.reason, {"code": exc.reason.replace(" ", "")})
+        # A 405 must say which methods the resource takes (RFC 9110 §15.5.6).
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except ConnectionFailure as exc:
+        # The database is away (restart, failover, network): the request may be retried.
+        log.warning("request_unavailable", path=request.path, error=f"{type(exc).__name__}: {exc}")
+        return error_response(
+            503,
+            "ServiceUnavailable: the database is not reachable",
+            {"code": "ServiceUnavailable"},
+        )
     except Exception:
-        log.exception("request_failed", action="request_failed", path=request.path)
+        log.exception("request_failed", path=request.path)
         return error_response(500, "Internal Server Error", {"code": "InternalError"})

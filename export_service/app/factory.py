@@ -12,7 +12,9 @@ import structlog
 from aiohttp import web
 
 from export_service.app.auth import Authenticator
+from export_service.app.docs_routes import docs_routes
 from export_service.app.errors import Handler, error_middleware
+from export_service.app.observability import REQUEST_ID, observe_request
 from export_service.app.routes import AUTHENTICATOR, SERVICES, routes
 from export_service.runtime import Services, dev_jwt_secret
 from export_service.settings import Settings
@@ -27,6 +29,7 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     incoming = request.headers.get("X-Request-ID", "")
     request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
     with structlog.contextvars.bound_contextvars(request_id=request_id):
         response = await handler(request)
         response.headers["X-Request-ID"] = request_id
@@ -38,7 +41,7 @@ def create_app(
 ) -> web.Application:
     """`run_worker=False` keeps the worker idle (API-only processes, and tests that drain)."""
     app = web.Application(
-        middlewares=[request_context, error_middleware],
+        middlewares=[request_context, observe_request, error_middleware],
         client_max_size=settings.max_body_bytes,
     )
     secret = (
@@ -63,4 +66,5 @@ def create_app(
 
     app.cleanup_ctx.append(services_ctx)
     app.add_routes(routes)
+    app.add_routes(docs_routes)
     return app

@@ -7,16 +7,17 @@ from typing import Any
 
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
-from export_service import metrics
+from export_service import metrics, telemetry
 from export_service.app.auth import Authenticator, Principal
+from export_service.app.observability import REQUEST_ID
 from export_service.app.schemas import CreateExport, ListExports, valid_id
+from export_service.ccpa import CcpaDeletion
 from export_service.errors import (
     BadRequest,
     CampaignNotFound,
-    NotAvailable,
+    CcpaIncomplete,
     NotFound,
     PayloadTooLarge,
     UnsupportedMediaType,
@@ -97,12 +98,14 @@ async def create_export(request: web.Request) -> web.Response:
         requester_user_id=principal.sub,
         date_key=command.dateKey,
         include_all_markets=command.includeAllMarkets,
+        # The worker's span links to this request's, and its log lines carry this request id.
+        trace_context=telemetry.current_context(),
+        request_id=request.get(REQUEST_ID),
     )
     if created:
         metrics.EXPORTS_CREATED.labels(export.export_type.value).inc()
         log.info(
             "export_created",
-            action="export_created",
             export_id=export.id,
             campaign_id=campaign_id,
             export_type=export.export_type.value,
@@ -128,6 +131,10 @@ async def get_export(request: web.Request) -> web.Response:
 async def list_exports(request: web.Request) -> web.Response:
     principal = _principal(request)
     campaign_id = _campaign_id(request, principal)
+    repeated = sorted({k for k in request.query if len(request.query.getall(k)) > 1})
+    if repeated:
+        # `dict()` would keep only the first value; `?status=A&status=B` is no filter we have.
+        raise BadRequest(f"BadRequest: repeated query parameter {', '.join(repeated)}")
     query = ListExports.model_validate(dict(request.query))
     services = request.app[SERVICES]
     exports = await services.repository.page(
@@ -145,7 +152,21 @@ async def list_exports(request: web.Request) -> web.Response:
 async def delete_user_exports(request: web.Request) -> web.Response:
     principal = _principal(request)
     principal.require_supreme()
-    raise NotAvailable("NotAvailable: CCPA deletion is not available yet")
+    user_id = request.match_info["userId"]
+    if not valid_id(user_id):
+        raise BadRequest("BadRequest: malformed userId")
+    services = request.app[SERVICES]
+    deletion = CcpaDeletion(services.db, services.storage, services.repository)
+    result = await deletion.delete_user(user_id, requested_by=principal.sub)
+    if not result.complete:
+        # What is reported deleted is gone; the rest is still in place for a re-run.
+        raise CcpaIncomplete(
+            "CcpaIncomplete: some exports could not be deleted; repeat the request",
+            deletedCount=result.counts(),
+            remaining=len(result.failures),
+            ccpaRequestId=result.request_id,
+        )
+    return web.json_response({"deletedCount": result.counts()})
 
 
 @routes.get("/heartbeat")
@@ -175,15 +196,5 @@ async def ready(request: web.Request) -> web.Response:
 
 @routes.get("/metrics")
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
-    try:
-        async with asyncio.timeout(2):
-            for status, n in (await services.repository.counts_by_status()).items():
-                metrics.QUEUE_DEPTH.labels(status).set(n)
-            oldest = await services.repository.oldest_pending_created()
-        age = (utcnow() - oldest).total_seconds() if oldest else 0.0
-        metrics.OLDEST_PENDING_AGE.set(max(0.0, age))
-    except Exception as exc:
-        log.warning("metrics_queue_unavailable", action="metrics_queue_unavailable", error=str(exc))
-    body = generate_latest(metrics.REGISTRY)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    body = await metrics.exposition(request.app[SERVICES].repository)
+    return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.config import JsonDict
 
 from export_service.models import ExportStatus, ExportType
 
@@ -14,15 +15,43 @@ from export_service.models import ExportStatus, ExportType
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
 
 
+# The exact set of real YYYYMMDD dates (years 0001-9999, leap years included), published in the
+# OpenAPI document so clients and generated tests know a valid dateKey; `_real_date` enforces it.
+DATE_KEY_PATTERN = (
+    r"^(?:(?:[1-9][0-9]{3}|0[1-9][0-9]{2}|00[1-9][0-9]|000[1-9])"
+    r"(?:(?:0[13578]|1[02])(?:0[1-9]|[12][0-9]|3[01])|(?:0[469]|11)(?:0[1-9]|[12][0-9]|30)"
+    r"|02(?:0[1-9]|1[0-9]|2[0-8]))"
+    r"|(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)0229)$"
+)
+
+# Published as a JSON Schema conditional; the model validator below is what enforces it.
+_CODE_WAVES_NEED_DATE_KEY: JsonDict = {
+    "if": {"properties": {"exportType": {"const": "codeWaves"}}, "required": ["exportType"]},
+    "then": {"required": ["dateKey"], "properties": {"dateKey": {"type": "string"}}},
+}
+
+
 def valid_id(value: str) -> bool:
-    return bool(ID_PATTERN.match(value))
+    # fullmatch: `$` alone would also accept a trailing newline.
+    return bool(ID_PATTERN.fullmatch(value))
 
 
 class CreateExport(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra=_CODE_WAVES_NEED_DATE_KEY
+    )
 
     exportType: ExportType = Field(description="One of the fifteen export types.")
-    dateKey: Annotated[str, Field(description="YYYYMMDD; required for codeWaves.")] | None = None
+    dateKey: (
+        Annotated[
+            str,
+            Field(
+                description="YYYYMMDD, a real date; required for codeWaves.",
+                json_schema_extra={"pattern": DATE_KEY_PATTERN},
+            ),
+        ]
+        | None
+    ) = None
     includeAllMarkets: bool | None = Field(
         default=None, description="entries: one more row per additional market."
     )
@@ -50,7 +79,7 @@ class CreateExport(BaseModel):
 class ListExports(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    exportType: ExportType | None = None
-    status: ExportStatus | None = None
-    limit: int = Field(default=50, ge=1, le=500)
-    offset: int = Field(default=0, ge=0, le=1_000_000)
+    exportType: ExportType | None = Field(default=None, description="Only this export type.")
+    status: ExportStatus | None = Field(default=None, description="Only this status.")
+    limit: int = Field(default=50, ge=1, le=500, description="Page size.")
+    offset: int = Field(default=0, ge=0, le=1_000_000, description="Exports to skip.")

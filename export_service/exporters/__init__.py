@@ -2,14 +2,48 @@
 
 from __future__ import annotations
 
+from export_service.exporters.assignments import CODE_ASSIGNMENTS, CODE_WAVES
 from export_service.exporters.codes import CODES
 from export_service.exporters.entries import ENTRIES, VERIFIED_ENTRIES
+from export_service.exporters.optins import (
+    ARTIST_OPT_IN,
+    ARTIST_SMS_OPT_IN,
+    FANLIST,
+    LIVENATION_OPT_IN,
+)
+
+# Imported for its side effect: it registers the ZIP and OBJECTS sinks with the runner.
+from export_service.exporters.partitioned import ZipSink as _ZipSink  # noqa: F401
+from export_service.exporters.promoters import PROMOTER_EMAIL_OPT_IN
+from export_service.exporters.reminders import (
+    AUTO_REMINDER_EMAIL,
+    REMINDER_EMAIL,
+    REMINDER_EMAIL_SAMPLE,
+)
 from export_service.exporters.scoring import SCORING
 from export_service.exporters.spec import ExporterSpec
+from export_service.exporters.waitlist import WAITLIST
 from export_service.models import ExportType
 
 EXPORTERS: dict[ExportType, ExporterSpec] = {
-    spec.export_type: spec for spec in (ENTRIES, CODES, SCORING, VERIFIED_ENTRIES)
+    spec.export_type: spec
+    for spec in (
+        ENTRIES,
+        CODES,
+        SCORING,
+        VERIFIED_ENTRIES,
+        CODE_ASSIGNMENTS,
+        CODE_WAVES,
+        FANLIST,
+        ARTIST_OPT_IN,
+        ARTIST_SMS_OPT_IN,
+        LIVENATION_OPT_IN,
+        WAITLIST,
+        REMINDER_EMAIL,
+        REMINDER_EMAIL_SAMPLE,
+        AUTO_REMINDER_EMAIL,
+        PROMOTER_EMAIL_OPT_IN,
+    )
 }
 
 # Types whose exports a CCPA request deletes (DESIGN §6/§7). Declared on each spec; the set

@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from itertools import repeat
+from typing import Any
 
-from export_service.exporters.formatting import cell, date, text, upper
+from export_service.exporters.formatting import (
+    Columns,
+    cell,
+    cell_column,
+    date,
+    date_column,
+    text,
+    text_column,
+    upper_column,
+)
 from export_service.exporters.spec import (
     Context,
     Doc,
@@ -33,15 +44,9 @@ ENTRY_COLUMNS = (
     "created_at",
 )
 
-_ENTRY_PROJECTION = {
-    "userId": 1,
-    "marketId": 1,
-    "additionalMarkets": 1,
-    "locale": 1,
-    "countryCode": 1,
-    "fields": 1,
-    "date.created": 1,
-}
+# Where each column sits in an entries row (the market columns repeat per additional market).
+_MARKET_ID = ENTRY_COLUMNS.index("market_id")
+_MARKET_NAME = ENTRY_COLUMNS.index("market_name")
 
 
 def preference_ids(ctx: Context) -> list[str]:
@@ -53,28 +58,102 @@ def entry_columns(ctx: Context) -> Sequence[str]:
     return (*ENTRY_COLUMNS, *preference_ids(ctx))
 
 
-def entry_rows(ctx: Context, doc: Doc) -> Iterable[Row]:
-    fields = doc.get("fields") or {}
-    head = [cell(doc["_id"]), cell(doc.get("userId")), cell(fields.get("email"))]
-    person = [
-        text(fields.get("first_name")),
-        text(fields.get("last_name")),
-        cell(fields.get("phone")),
-        text(fields.get("postal_code")),
-        upper(doc.get("countryCode")),
-        text(doc.get("locale")),
-    ]
-    created = date((doc.get("date") or {}).get("created"))
-    answers = [text(fields.get(pid)) for pid in ctx.lookups["preference_ids"]]
-    market_ids = [doc.get("marketId")]
+def field_of(parent: str, key: str) -> str | Doc:
+    """The expression for `parent[key]`; preference ids are free-form (dots, a leading `$`)."""
+    if key and "." not in key and not key.startswith("$"):
+        return f"${parent}.{key}"
+    return {"$getField": {"field": {"$literal": key}, "input": f"${parent}"}}
+
+
+def _entry_projection(ctx: Context) -> Doc:
+    # Flat: every cell a top-level field. The driver decodes a nested document several times
+    # slower than the strings in it, and decoding is a third of an export's CPU time.
+    projection: Doc = {
+        "userId": 1,
+        "marketId": 1,
+        "locale": 1,
+        "countryCode": 1,
+        "email": "$fields.email",
+        "first_name": "$fields.first_name",
+        "last_name": "$fields.last_name",
+        "phone": "$fields.phone",
+        "postal_code": "$fields.postal_code",
+        "created": "$date.created",
+    }
+    for key, pid in zip(ctx.lookups["answer_keys"], preference_ids(ctx), strict=True):
+        projection[key] = field_of("fields", pid)
     if ctx.export.include_all_markets:
-        market_ids.extend(doc.get("additionalMarkets") or [])
-    for market_id in market_ids:
-        yield [*head, *person, cell(market_id), text(ctx.market_name(market_id)), created, *answers]
+        projection["additionalMarkets"] = 1
+    return projection
+
+
+def _market_names(ctx: Context, market_ids: Sequence[Any]) -> list[str]:
+    names: dict[str, str] = ctx.lookups["market_names"]
+    try:
+        return list(map(names.get, market_ids, repeat("")))
+    except TypeError:  # an unhashable market id
+        return [text(ctx.market_name(m)) for m in market_ids]
+
+
+# The fields the row function reads, in column order; the campaign's answers follow.
+_ENTRY_FIELDS = (
+    "_id",
+    "userId",
+    "email",
+    "first_name",
+    "last_name",
+    "phone",
+    "postal_code",
+    "countryCode",
+    "locale",
+    "marketId",
+    "created",
+)
+
+
+async def _entry_batch(ctx: Context, docs: list[Doc]) -> Sequence[tuple[str, ...]]:
+    """A batch of entries → rows, built column by column (see formatting's column helpers)."""
+    if not docs:
+        return []
+    keys = ctx.lookups["entry_fields"]
+    blanks = ("",) * len(keys)
+    # Documents → columns in two C-level passes; a missing field is "", as every cell has it.
+    ids, users, emails, first, last, phones, postal, country, locale, markets, created, *answers = (
+        zip(*[tuple(map(doc.get, keys, blanks)) for doc in docs], strict=True)
+    )
+    columns = [
+        cell_column(ids),
+        cell_column(users),
+        cell_column(emails),
+        text_column(first),
+        text_column(last),
+        cell_column(phones),
+        text_column(postal),
+        upper_column(country),
+        text_column(locale),
+        cell_column(markets),
+        _market_names(ctx, markets),
+        date_column(created),
+        *map(text_column, answers),
+    ]
+    if not ctx.export.include_all_markets:
+        return Columns(columns)
+    # One more row per additional market, right after the entry's own.
+    out: list[tuple[str, ...]] = []
+    for doc, row in zip(docs, zip(*columns, strict=True), strict=True):
+        out.append(row)
+        for market_id in doc.get("additionalMarkets") or ():
+            name = text(ctx.market_name(market_id))
+            out.append((*row[:_MARKET_ID], cell(market_id), name, *row[_MARKET_NAME + 1 :]))
+    return out
 
 
 async def _prepare_entries(ctx: Context) -> None:
-    ctx.lookups["preference_ids"] = preference_ids(ctx)
+    ids = preference_ids(ctx)
+    ctx.lookups["preference_ids"] = ids
+    ctx.lookups["answer_keys"] = answer_keys = [f"answer{i}" for i in range(len(ids))]
+    ctx.lookups["entry_fields"] = (*_ENTRY_FIELDS, *answer_keys)
+    ctx.lookups["market_names"] = {m: text(ctx.market_name(m)) for m in ctx.markets}
 
 
 async def _count_entries(ctx: Context) -> int:
@@ -96,9 +175,9 @@ async def _count_entries(ctx: Context) -> int:
 
 ENTRIES = ExporterSpec(
     export_type=ExportType.ENTRIES,
-    source=Source("entries", campaign_filter, _ENTRY_PROJECTION),
+    source=Source("entries", campaign_filter, _entry_projection),
     columns=entry_columns,
-    transform=per_doc(entry_rows),
+    transform=_entry_batch,
     needs_markets=True,
     count=_count_entries,
     prepare=_prepare_entries,

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import cast
+
+import bson
 
 from export_service.errors import NoMarketsFound
 from export_service.exporters.sinks import CsvSink, Sink, SinkTarget
-from export_service.exporters.spec import Context, ExporterSpec, Layout
+from export_service.exporters.spec import Context, ExporterSpec, Layout, Source
 from export_service.models import StoredFile
 from export_service.storage import ObjectWriter
 
@@ -17,6 +22,10 @@ WriterFactory = Callable[[str, str, str | None, str], ObjectWriter]
 ProgressFn = Callable[[int], Awaitable[None]]
 TotalFn = Callable[[int], Awaitable[None]]
 SinkFactory = Callable[[ExporterSpec, Context, SinkTarget], Sink]
+# (source, ctx) → the source's documents in raw BSON batches (concatenated documents, as
+# `find_raw_batches` gives them). The runner decodes them, so a replayed source (the
+# benchmark's) goes through the same decoding as the database cursor.
+BatchReader = Callable[[Source, Context], AsyncGenerator[bytes]]
 
 
 def object_base_key(ctx: Context) -> str:
@@ -36,6 +45,53 @@ def default_sink(spec: ExporterSpec, ctx: Context, target: SinkTarget) -> Sink:
     return SINKS[spec.layout](spec, ctx, target)
 
 
+async def _sources(spec: ExporterSpec, ctx: Context) -> AsyncIterator[Source]:
+    if spec.sources is None:
+        yield spec.source
+    else:
+        async for source in spec.sources(ctx):
+            yield source
+
+
+async def read_cursor(source: Source, ctx: Context) -> AsyncGenerator[bytes]:
+    """The source's query as one indexed cursor (no skip/limit paging), in raw batches."""
+    cursor = ctx.db[source.collection].find_raw_batches(
+        source.filter(ctx),
+        source.fields(ctx),
+        sort=list(source.sort),
+        batch_size=ctx.settings.batch_size,
+    )
+    try:
+        async for batch in cursor:
+            yield cast(bytes, batch)  # typed as a document, but a raw cursor yields bytes
+    finally:
+        await cursor.close()
+
+
+async def _read_ahead(batches: AsyncGenerator[bytes]) -> AsyncGenerator[bytes]:
+    """Hand out each batch once the next one has been asked for.
+
+    The database (or the network) then produces batch n+1 while batch n is decoded,
+    transformed and uploaded, which is CPU work of this process. One batch ahead at most, so
+    memory stays bounded.
+    """
+
+    async def following() -> bytes | None:
+        return await anext(batches, None)
+
+    pending = asyncio.create_task(following())
+    try:
+        while (batch := await pending) is not None:
+            pending = asyncio.create_task(following())
+            await asyncio.sleep(0)  # let the request go out before the CPU-bound work
+            yield batch
+    finally:
+        pending.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pending
+        await batches.aclose()
+
+
 async def load_markets(ctx: Context) -> None:
     cursor = ctx.db["markets"].find({"campaignId": ctx.campaign_id})
     ctx.markets = {doc["_id"]: doc async for doc in cursor}
@@ -49,8 +105,12 @@ async def run_export(
     on_total: TotalFn,
     on_progress: ProgressFn,
     sink_factory: SinkFactory = default_sink,
+    read: BatchReader = read_cursor,
 ) -> tuple[list[StoredFile], int]:
-    """Stream the export to S3; returns its files and row count. Cleans up on any failure."""
+    """Stream the export to S3; returns its files and row count. Cleans up on any failure.
+
+    `read` supplies each source's documents; the default is the database cursor.
+    """
     if spec.needs_markets:
         await load_markets(ctx)
         if not ctx.markets:
@@ -71,26 +131,24 @@ async def run_export(
         open_writer=lambda key, content_type: open_writer(bucket, key, acl, content_type),
     )
     sink = sink_factory(spec, ctx, target)
-    source = spec.source
+    codec_options = ctx.db.codec_options
     rows_done = 0
     try:
-        cursor = ctx.db[source.collection].find(
-            source.filter(ctx),
-            source.projection,
-            sort=list(source.sort),
-            batch_size=settings.batch_size,
-        )
-        # Whole batches at a time: one await per batch instead of one per document.
-        while batch := await cursor.to_list(settings.batch_size):
-            rows = await spec.transform(ctx, batch)
-            await sink.write(rows)
-            rows_done += len(rows)
-            await on_progress(rows_done)
-        if spec.finish is not None:
-            rows = await spec.finish(ctx)
-            await sink.write(rows)
-            rows_done += len(rows)
-            await on_progress(rows_done)
+        async for source in _sources(spec, ctx):
+            ctx.source = source
+            # Whole batches at a time: one await per batch instead of one per document. Closed
+            # at once on failure, so the batch asked for ahead and the cursor go with it.
+            async with contextlib.aclosing(_read_ahead(read(source, ctx))) as batches:
+                async for raw in batches:
+                    rows = await spec.transform(ctx, bson.decode_all(raw, codec_options))
+                    await sink.write(rows)
+                    rows_done += len(rows)
+                    await on_progress(rows_done)
+            if spec.finish is not None:
+                rows = await spec.finish(ctx)
+                await sink.write(rows)
+                rows_done += len(rows)
+                await on_progress(rows_done)
         files = await sink.close()
     except BaseException:
         await sink.abort()

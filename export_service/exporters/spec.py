@@ -8,7 +8,7 @@ for all of them, so fifteen export types share one pipeline.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -41,6 +41,8 @@ class Context:
     campaign: Doc
     markets: dict[str, Doc] = field(default_factory=dict)
     lookups: dict[str, Any] = field(default_factory=dict)
+    # The cursor being read; the runner sets it (specs with `sources` read several).
+    source: Source | None = None
 
     @property
     def campaign_id(self) -> str:
@@ -57,14 +59,26 @@ ColumnsFn = Callable[[Context], Sequence[str]]
 PrepareFn = Callable[[Context], Awaitable[None]]
 FinishFn = Callable[[Context], Awaitable[Sequence[Any]]]
 CountFn = Callable[[Context], Awaitable[int]]
+ProjectionFn = Callable[[Context], Doc]
+SourcesFn = Callable[[Context], AsyncIterator["Source"]]
+PartitionsFn = Callable[[Context], Sequence[Any]]
+# (partition, n) → the ZIP member name or object key of that partition's n-th file (n ≥ 1).
+FileNameFn = Callable[[Context, Any, int], str]
 
 
 @dataclass(frozen=True, slots=True)
 class Source:
     collection: str
     filter: FilterFn
-    projection: Doc | None = None
+    # Fixed, or made per run (e.g. one field per campaign preference).
+    projection: Doc | ProjectionFn | None = None
     sort: Sequence[tuple[str, int]] = (("_id", 1),)
+    # What this cursor reads, for a spec with several (`ExporterSpec.sources`).
+    key: Any = None
+
+    def fields(self, ctx: Context) -> Doc | None:
+        """The projection of this run's query."""
+        return self.projection(ctx) if callable(self.projection) else self.projection
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +100,15 @@ class ExporterSpec:
     prepare: PrepareFn | None = None
     # Rows still held by a stateful transform when the cursor is exhausted (per-user grouping).
     finish: FinishFn | None = None
-    # For ZIP/OBJECTS: partition → member file name(s) / object key(s), and the row cap per file.
+    # Several cursors read one after the other instead of `source` alone: ZIP members and
+    # objects are written one at a time, so partitioned types read partition by partition.
+    # `ctx.source` names the cursor being read, and `finish` runs after each one.
+    sources: SourcesFn | None = None
+    # For ZIP/OBJECTS: the name of each file, the row cap per file (None: no split) and the
+    # partitions that get a file even without rows, in the order they are written.
+    file_name: FileNameFn | None = None
     max_rows_per_file: Callable[[Context], int] | None = None
+    partitions: PartitionsFn | None = None
 
 
 def per_doc(row: Callable[[Context, Doc], Iterable[Row]]) -> TransformFn:

@@ -17,7 +17,7 @@ embedded server too (which scans the collection for `find_one_and_update`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,6 +30,7 @@ from pymongo.errors import DuplicateKeyError
 
 from export_service.models import (
     ACTIVE_STATUSES,
+    TERMINAL_STATUSES,
     Export,
     ExportStatus,
     ExportType,
@@ -38,6 +39,10 @@ from export_service.models import (
 )
 
 Doc = dict[str, Any]
+
+# The `workerId` of a TRIGGERED export a CCPA request has taken from its worker to delete it;
+# no worker ever has this id, so the export can never run on under it.
+CCPA_OWNER = "ccpa-deletion"
 
 EXPORT_INDEXES = [
     IndexModel(
@@ -86,6 +91,19 @@ class Reclaimed:
     uploads: list[PendingUpload]
 
 
+@dataclass(frozen=True, slots=True)
+class ExportUploads:
+    """An export with the unfinished uploads recorded on it (TRIGGERED only)."""
+
+    export: Export
+    uploads: list[PendingUpload]
+
+    @classmethod
+    def from_doc(cls, doc: Doc) -> ExportUploads:
+        uploads = [PendingUpload.from_doc(u) for u in doc.get("uploads") or []]
+        return cls(Export.from_doc(doc), uploads)
+
+
 def dedupe_key(
     campaign_id: str, export_type: ExportType, date_key: str | None, include_all: bool | None
 ) -> str:
@@ -120,11 +138,18 @@ class ExportRepository:
         date_key: str | None,
         include_all_markets: bool | None,
         trace_context: dict[str, str] | None = None,
+        request_id: str | None = None,
     ) -> tuple[Export, bool]:
         """Insert a PENDING export, or return the active identical one. `True` = created."""
         key = dedupe_key(campaign_id, export_type, date_key, include_all_markets)
         # Bounded: each retry means the active duplicate just became terminal.
         for _ in range(5):
+            # Looked up first: a repeated request (the common case under load) is then one
+            # indexed read instead of a rejected insert, which costs several times more. The
+            # unique index still decides when two requests race past this read together.
+            existing = await self._active(key)
+            if existing is not None:
+                return Export.from_doc(existing), False
             doc: Doc = {
                 "_id": str(ObjectId()),
                 "campaignId": campaign_id,
@@ -143,15 +168,20 @@ class ExportRepository:
                 doc["includeAllMarkets"] = include_all_markets
             if trace_context:
                 doc["traceContext"] = trace_context
+            if request_id:
+                doc["requestId"] = request_id
             try:
                 await self._exports.insert_one(doc)
             except DuplicateKeyError:
-                existing = await self._exports.find_one({"dedupeKey": key})
-                if existing is not None:
-                    return Export.from_doc(existing), False
-                continue
+                continue  # an identical request won the race: return its export
             return Export.from_doc(doc), True
         raise RuntimeError("dedupe insert did not settle")  # pragma: no cover
+
+    async def _active(self, key: str) -> Doc | None:
+        """The PENDING or TRIGGERED export with this dedupe key, if any."""
+        # Hinted: MongoDB uses the partial index for this equality unprompted, but the
+        # embedded server does not see it as implied and would scan every export.
+        return await self._exports.find_one({"dedupeKey": key}, hint="dedupe")
 
     async def get(self, export_id: str) -> Export | None:
         doc = await self._exports.find_one({"_id": export_id})
@@ -183,9 +213,13 @@ class ExportRepository:
 
     async def claim(self, worker_id: str) -> Export | None:
         """Move the oldest PENDING export to TRIGGERED for `worker_id`, if a slot is free."""
+        # By status, not `slot: {$exists}`: the `claim` index serves it on every server
+        # (the embedded one scans the whole collection, history included, for `$exists`).
         busy = {
             doc["slot"]
-            async for doc in self._exports.find({"slot": {"$exists": True}}, {"slot": 1})
+            async for doc in self._exports.find(
+                {"status": ExportStatus.TRIGGERED.value}, {"slot": 1}
+            )
         }
         free = [s for s in range(self._max_concurrent) if s not in busy]
         if not free:
@@ -320,19 +354,110 @@ class ExportRepository:
         result = await self._exports.update_one(query, update)
         return result.modified_count == 1
 
-    async def stale(self, *, run_timeout: timedelta, heartbeat_timeout: timedelta) -> list[Doc]:
-        """TRIGGERED exports past their timeout or whose worker stopped beating."""
+    async def reassign(self, export_id: str, from_worker: str | None, to_worker: str) -> bool:
+        """Make `to_worker` the holder of a TRIGGERED export still held by `from_worker`.
+
+        Fences the previous run: its own compare-and-set writes (heartbeat, upload, finish)
+        match nothing from then on."""
+        result = await self._exports.update_one(
+            {"_id": export_id, "status": ExportStatus.TRIGGERED.value, "workerId": from_worker},
+            {"$set": {"workerId": to_worker, "heartbeatAt": utcnow()}},
+        )
+        return result.modified_count == 1
+
+    async def stale(
+        self,
+        *,
+        run_timeout: timedelta,
+        heartbeat_timeout: timedelta,
+        orphans_of: str | None = None,
+    ) -> list[Doc]:
+        """TRIGGERED exports past their timeout or whose worker stopped beating, plus (with
+        `orphans_of`) those held by that worker id, which it knows it is no longer running."""
         now = utcnow()
+        run_limit, beat_limit = now - run_timeout, now - heartbeat_timeout
+
+        def is_stale(doc: Doc) -> bool:
+            triggered = (doc.get("date") or {}).get("triggered")
+            beat = doc.get("heartbeatAt")
+            return (
+                (triggered is not None and triggered < run_limit)
+                or (beat is not None and beat < beat_limit)
+                or (orphans_of is not None and doc.get("workerId") == orphans_of)
+            )
+
+        # The TRIGGERED exports (a handful) by the `claim` index, tested here: with the same
+        # conditions as a top-level `$or`, the embedded server scans the whole collection
+        # (history included) on every poll; MongoDB would use the index either way.
+        cursor = self._exports.find({"status": ExportStatus.TRIGGERED.value})
+        return [doc async for doc in cursor if is_stale(doc)]
+
+    # ---- CCPA side (export_service/ccpa.py) ----------------------------------------------
+    # Batches only: one query per step whatever the number of exports. Every delete is still a
+    # compare-and-set on the state the caller acted on, so a concurrent change leaves the
+    # document in place for the caller's next look instead of being deleted unseen.
+
+    async def in_campaigns(
+        self, campaign_ids: Sequence[str], export_types: Iterable[ExportType]
+    ) -> list[ExportUploads]:
         cursor = self._exports.find(
             {
-                "slot": {"$exists": True},
-                "$or": [
-                    {"date.triggered": {"$lt": now - run_timeout}},
-                    {"heartbeatAt": {"$lt": now - heartbeat_timeout}},
-                ],
+                "campaignId": {"$in": list(campaign_ids)},
+                "exportType": {"$in": [t.value for t in export_types]},
             }
         )
-        return [doc async for doc in cursor]
+        return [ExportUploads.from_doc(doc) async for doc in cursor]
+
+    async def by_ids(self, export_ids: Sequence[str]) -> list[ExportUploads]:
+        cursor = self._exports.find({"_id": {"$in": list(export_ids)}})
+        return [ExportUploads.from_doc(doc) async for doc in cursor]
+
+    async def delete_pending(self, export_ids: Sequence[str]) -> int:
+        """Delete exports still PENDING (a claim in between keeps the document)."""
+        result = await self._exports.delete_many(
+            {"_id": {"$in": list(export_ids)}, "status": ExportStatus.PENDING.value}
+        )
+        return result.deleted_count
+
+    async def take_over(self, export_ids: Sequence[str], owner: str) -> int:
+        """Make `owner` the worker of these TRIGGERED exports.
+
+        Their running worker's compare-and-set writes (heartbeat, upload, finish) then match
+        nothing, so it stops, cleans its uploads, and can record no new one: the `uploads`
+        list is frozen for `owner` to clean.
+        """
+        result = await self._exports.update_many(
+            {"_id": {"$in": list(export_ids)}, "status": ExportStatus.TRIGGERED.value},
+            {"$set": {"workerId": owner}},
+        )
+        return result.modified_count
+
+    async def delete_settled(
+        self, terminal_ids: Sequence[str], taken_ids: Sequence[str], owner: str
+    ) -> int:
+        """Delete terminal exports and TRIGGERED ones still held by `owner`."""
+        clauses: list[Doc] = []
+        if terminal_ids:
+            clauses.append(
+                {
+                    "_id": {"$in": list(terminal_ids)},
+                    "status": {"$in": [s.value for s in TERMINAL_STATUSES]},
+                }
+            )
+        if taken_ids:
+            clauses.append(
+                {
+                    "_id": {"$in": list(taken_ids)},
+                    "status": ExportStatus.TRIGGERED.value,
+                    "workerId": owner,
+                }
+            )
+        if not clauses:
+            return 0
+        result = await self._exports.delete_many(
+            clauses[0] if len(clauses) == 1 else {"$or": clauses}
+        )
+        return result.deleted_count
 
     async def counts_by_status(self) -> dict[str, int]:
         counts: dict[str, int] = {}

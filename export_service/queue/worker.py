@@ -18,16 +18,19 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import PyMongoError
+from pymongo.errors import ConnectionFailure, PyMongoError
 
-from export_service import metrics
+from export_service import metrics, telemetry
 from export_service.errors import CampaignNotFound, ExportFailed, ExportLost, ExportServiceError
 from export_service.exporters import spec_for
 from export_service.exporters.runner import run_export
 from export_service.exporters.spec import Context
 from export_service.models import Export, ExportStatus, StoredFile, utcnow
-from export_service.queue.repository import ExportRepository, PendingUpload
+from export_service.queue.repository import CCPA_OWNER, ExportRepository, PendingUpload
 from export_service.settings import Settings
 from export_service.storage import ObjectWriter, Storage
 
@@ -63,6 +66,9 @@ class Worker:
         # mid-run without sleeping, and to observe progress.
         self.batch_hook: BatchHook | None = None
         self._ended: list[asyncio.Queue[Export]] = []
+        self._claimed: list[asyncio.Queue[Export]] = []
+        # Monotonic time of the loop's last turn: the worker's liveness probe reads it.
+        self.last_tick = time.monotonic()
 
     # ---- control ------------------------------------------------------------------------
 
@@ -76,6 +82,12 @@ class Worker:
         self._ended.append(queue)
         return queue
 
+    def watch_claims(self) -> asyncio.Queue[Export]:
+        """A queue receiving every export this worker claims, as soon as it is TRIGGERED."""
+        queue: asyncio.Queue[Export] = asyncio.Queue()
+        self._claimed.append(queue)
+        return queue
+
     @property
     def stopping(self) -> bool:
         return self._stopping.is_set()
@@ -87,21 +99,26 @@ class Worker:
     async def run(self) -> None:
         """Loop until `shutdown()`; errors of one step are logged and the loop goes on."""
         interval = self.settings.polling_interval_millis / 1000
-        log.info("worker_started", action="worker_started", worker_id=self.worker_id)
+        log.info("worker_started", worker_id=self.worker_id)
         while not self._stopping.is_set():
+            self.last_tick = time.monotonic()
+            # Cleared before the step, not after: a notify() that arrives while the step runs
+            # (an export created just after its claim found nothing) must not be lost.
+            self._wake.clear()
             try:
                 ran = await self.process()
-            except (PyMongoError, ExportServiceError, OSError) as exc:
-                # The database or S3 is away: keep polling, the next tick may find it back.
-                log.warning("worker_step_failed", action="worker_step_failed", error=str(exc))
+            except Exception as exc:
+                # The database or S3 is away, or one document is bad: keep polling, the next
+                # tick may find them back. Anything escaping here would end the loop for good
+                # while the process (and, under `serve`, its API) looks alive.
+                log.warning("worker_step_failed", error=f"{type(exc).__name__}: {exc}")
                 ran = None
             if ran is not None:
                 continue
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval):
                     await self._wake.wait()
-        log.info("worker_stopped", action="worker_stopped", worker_id=self.worker_id)
+        log.info("worker_stopped", worker_id=self.worker_id)
 
     async def drain(self) -> list[Export]:
         """Process until nothing is claimable; returns the exports it ran."""
@@ -135,6 +152,8 @@ class Worker:
         export = await self.repository.claim(self.worker_id)
         if export is None:
             return None
+        for queue in self._claimed:
+            queue.put_nowait(export)
         self._current = asyncio.create_task(self._execute(export))
         try:
             return await self._current
@@ -147,6 +166,10 @@ class Worker:
         stale = await self.repository.stale(
             run_timeout=timeout,
             heartbeat_timeout=timedelta(milliseconds=self.settings.heartbeat_timeout_millis),
+            # An export still TRIGGERED under our id while we run nothing is one whose outcome
+            # we could not record (the database was away): take it back now, without waiting
+            # for its heartbeat to go stale.
+            orphans_of=None if self.busy else self.worker_id,
         )
         swept = 0
         now = utcnow()
@@ -159,28 +182,39 @@ class Worker:
             if triggered is not None and triggered < now - timeout:
                 changed = await self.repository.expire(export.id, owner)
                 outcome = ExportStatus.EXPIRED
+            elif owner == CCPA_OWNER:
+                # A CCPA request took it and stopped before deleting it: it must never run
+                # again with the user's rows; a repeat of the request deletes the document.
+                changed = await self.repository.fail(
+                    export.id, owner, "CcpaDeleted", "taken by a CCPA deletion request"
+                )
+                outcome = ExportStatus.FAILED
             elif export.attempts >= self.settings.max_attempts:
                 changed = await self.repository.fail(
                     export.id, owner, "WorkerLost", "the worker running this export stopped"
                 )
                 outcome = ExportStatus.FAILED
             else:
-                changed = await self.repository.requeue(export.id, owner)
+                # A new run writes the same keys, so the dead run's uploads are cleaned before
+                # the export can be claimed again, and the dead run is fenced off first.
+                changed = await self.repository.reassign(export.id, owner, self.worker_id)
+                if changed:
+                    await self._clean_uploads(uploads_of(doc))
+                    changed = await self.repository.requeue(export.id, self.worker_id)
                 outcome = ExportStatus.PENDING
             if not changed:
                 continue
             swept += 1
-            await self._clean_uploads([PendingUpload.from_doc(u) for u in doc.get("uploads") or []])
-            metrics.EXPORTS_ENDED.labels(export.export_type.value, outcome.value).inc()
-            log.warning(
-                "export_swept",
-                action="export_swept",
-                export_id=export.id,
-                campaign_id=export.campaign_id,
-                export_type=export.export_type.value,
-                outcome=outcome.value,
-                dead_worker=owner,
-            )
+            if outcome is not ExportStatus.PENDING:
+                await self._clean_uploads(uploads_of(doc))
+            # The running worker's event names, with `by="sweep"`: one name means one state.
+            swept_log = log.bind(**_log_fields(export), by="sweep", previous_worker=owner)
+            if outcome is ExportStatus.PENDING:
+                metrics.EXPORTS_REQUEUED.labels(export.export_type.value, "worker_lost").inc()
+                swept_log.warning("export_requeued", reason="worker_lost")
+            else:
+                metrics.EXPORTS_ENDED.labels(export.export_type.value, outcome.value).inc()
+                swept_log.warning(_STATUS_EVENT[outcome], attempts=export.attempts)
         return swept
 
     async def _clean_uploads(self, uploads: list[PendingUpload]) -> None:
@@ -188,44 +222,88 @@ class Worker:
             try:
                 await self.storage.abort_upload(upload.bucket, upload.key, upload.upload_id)
             except ExportServiceError as exc:
-                log.error("upload_cleanup_failed", action="upload_cleanup_failed", error=str(exc))
+                log.error("upload_cleanup_failed", bucket=upload.bucket, error=str(exc))
 
     # ---- running one export -------------------------------------------------------------
 
     async def _execute(self, export: Export) -> Export | None:
-        structlog.contextvars.bind_contextvars(
-            export_id=export.id,
-            campaign_id=export.campaign_id,
-            export_type=export.export_type.value,
+        structlog.contextvars.bind_contextvars(**_log_fields(export))
+        # A root span of its own (an export outlives the request that asked for it), linked to
+        # that request's span through the trace context stored on the export.
+        span = telemetry.tracer.start_span(
+            f"export {export.export_type.value}",
+            context=otel_context.Context(),
+            kind=SpanKind.CONSUMER,
+            links=telemetry.links_to(export.trace_context),
+            attributes={
+                "export.id": export.id,
+                "export.type": export.export_type.value,
+                "export.campaign_id": export.campaign_id,
+                "export.attempt": export.attempts,
+                "export.worker_id": self.worker_id,
+            },
         )
+        metrics.EXPORTS_RUNNING.inc()
+        try:
+            with trace.use_span(span, end_on_exit=True):
+                return await self._run_traced(export, span)
+        finally:
+            metrics.EXPORTS_RUNNING.dec()
+            structlog.contextvars.unbind_contextvars(*_log_fields(export))
+
+    async def _run_traced(self, export: Export, span: trace.Span) -> Export | None:
         started = time.perf_counter()
-        log.info("export_triggered", action="export_triggered", worker_id=self.worker_id)
+        log.info("export_triggered", worker_id=self.worker_id, attempt=export.attempts)
         progress = {"rows": 0}
         lost = asyncio.Event()
         heartbeat = asyncio.create_task(self._heartbeat(export, progress, lost))
         run = asyncio.create_task(self._produce(export, progress))
         try:
-            outcome = await self._supervise(export, run, lost)
+            outcome = await self._supervise(export, run, lost, started)
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
-            structlog.contextvars.unbind_contextvars("export_id", "campaign_id", "export_type")
-        metrics.EXPORT_DURATION.labels(export.export_type.value).observe(
-            time.perf_counter() - started
-        )
+        status = _OUTCOME_STATUS.get(outcome)
+        if status is not None:
+            metrics.EXPORT_DURATION.labels(export.export_type.value, status.value).observe(
+                time.perf_counter() - started
+            )
+            metrics.EXPORTS_ENDED.labels(export.export_type.value, status.value).inc()
+        elif outcome == "requeued":
+            metrics.EXPORTS_REQUEUED.labels(export.export_type.value, "shutdown").inc()
         final = await self.repository.get(export.id)
+        span.set_attribute("export.outcome", outcome)
         if final is not None:
-            metrics.EXPORTS_ENDED.labels(final.export_type.value, final.status.value).inc()
+            span.set_attribute("export.status", final.status.value)
+            if final.count is not None:
+                span.set_attribute("export.rows", final.count)
+                span.set_attribute("export.files", len(final.files))
+                span.set_attribute("export.bytes", sum(f.bytes for f in final.files))
+            if final.error:
+                span.set_attribute("export.error_code", final.error.get("code", ""))
             for queue in self._ended:
                 queue.put_nowait(final)
-        log.info("export_ended", action="export_ended", export_id=export.id, outcome=outcome)
+        if outcome in ("failed", "expired"):
+            span.set_status(Status(StatusCode.ERROR, outcome))
         return final
 
     async def _supervise(
-        self, export: Export, run: asyncio.Task[tuple[list[StoredFile], int]], lost: asyncio.Event
+        self,
+        export: Export,
+        run: asyncio.Task[tuple[list[StoredFile], int]],
+        lost: asyncio.Event,
+        started: float,
     ) -> str:
-        """Wait for the run, the deadline, or the loss of the export; record the outcome."""
+        """Wait for the run, the deadline, or the loss of the export; record the outcome.
+
+        Logs one event per state change: `export_finished`, `export_failed`, `export_expired`,
+        `export_requeued`, or `export_lost` when someone else took the export away.
+        """
+
+        def seconds() -> float:
+            return round(time.perf_counter() - started, 3)
+
         triggered = export.date.get("triggered") or utcnow()
         deadline = timedelta(milliseconds=self.settings.timeout_millis)
         remaining = max(0.0, (triggered + deadline - utcnow()).total_seconds())
@@ -238,7 +316,7 @@ class Worker:
             # Shutdown past its grace (or the process is going away): abort and re-queue.
             await _cancel(run)
             await self.repository.requeue(export.id, self.worker_id)
-            log.warning("export_requeued", action="export_requeued", reason="shutdown")
+            log.warning("export_requeued", reason="shutdown", duration_s=seconds())
             if self._aborting:
                 return "requeued"
             raise
@@ -247,32 +325,58 @@ class Worker:
         if run not in done:
             await _cancel(run)
             if lost.is_set():
-                log.warning("export_lost", action="export_lost")
+                log.warning("export_lost", stage="run", duration_s=seconds())
                 return "lost"
-            await self.repository.expire(export.id, self.worker_id)
-            log.warning("export_expired", action="export_expired")
+            if not await self.repository.expire(export.id, self.worker_id):
+                log.warning("export_lost", stage="expire", duration_s=seconds())
+                return "lost"
+            log.warning("export_expired", reason="timeout", duration_s=seconds())
             return "expired"
         try:
             files, count = run.result()
         except ExportLost:
+            log.warning("export_lost", stage="write", duration_s=seconds())
             return "lost"
         except ExportServiceError as exc:
-            await self.repository.fail(export.id, self.worker_id, exc.code, exc.message)
-            log.warning("export_failed", action="export_failed", code=exc.code, error=exc.message)
+            if not await self.repository.fail(export.id, self.worker_id, exc.code, exc.message):
+                # Taken or deleted meanwhile (a CCPA request aborts our upload under us).
+                log.warning("export_lost", stage="fail", error=exc.message, duration_s=seconds())
+                return "lost"
+            log.warning("export_failed", code=exc.code, error=exc.message, duration_s=seconds())
             return "failed"
+        except ConnectionFailure as exc:
+            # The database went away mid-run: nothing is wrong with the export, so it is not
+            # failed. It stays TRIGGERED under our id and the next sweep (ours at once, anyone's
+            # after heartbeat_timeout) re-queues it, or fails it after max_attempts.
+            log.warning("export_interrupted", error=f"{type(exc).__name__}: {exc}")
+            raise
         except Exception as exc:
-            await self.repository.fail(
+            if not await self.repository.fail(
                 export.id, self.worker_id, "InternalError", f"{type(exc).__name__}: {exc}"
-            )
-            log.exception("export_failed", action="export_failed", code="InternalError")
+            ):
+                log.warning("export_lost", stage="fail", duration_s=seconds())
+                return "lost"
+            log.exception("export_failed", code="InternalError", duration_s=seconds())
             return "failed"
         if not await self.repository.finish(export.id, self.worker_id, files, count):
-            # Expired or deleted while completing: the files must not outlive the export.
-            await self._clean_uploads([PendingUpload(f.bucket, f.key, None) for f in files])
-            log.warning("export_lost", action="export_lost", stage="finish")
+            # Expired or deleted while completing: the files must not outlive the export,
+            # unless another run of it took the export over, whose files have the same keys.
+            current = await self.repository.get(export.id)
+            if current is None or current.status not in (
+                ExportStatus.FINISHED,
+                ExportStatus.TRIGGERED,
+            ):
+                await self._clean_uploads([PendingUpload(f.bucket, f.key, None) for f in files])
+            log.warning("export_lost", stage="finish", duration_s=seconds())
             return "lost"
         metrics.EXPORT_ROWS.labels(export.export_type.value).observe(count)
-        log.info("export_finished", action="export_finished", rows=count, files=len(files))
+        log.info(
+            "export_finished",
+            rows=count,
+            files=len(files),
+            bytes=sum(f.bytes for f in files),
+            duration_s=seconds(),
+        )
         return "finished"
 
     async def _produce(
@@ -301,33 +405,77 @@ class Worker:
                 if not await self.repository.add_upload(export.id, self.worker_id, upload):
                     raise ExportLost()
 
+            async def still_ours() -> None:
+                # Another run of this export (after a sweep judged us dead) writes the same
+                # key: never make our object visible over its.
+                if not await self.repository.heartbeat(export.id, self.worker_id):
+                    raise ExportLost()
+
             return self.storage.writer(
-                bucket, key, acl=acl, content_type=content_type, on_start=on_start
+                bucket,
+                key,
+                acl=acl,
+                content_type=content_type,
+                on_start=on_start,
+                before_commit=still_ours,
             )
 
-        before = self.storage.bytes_uploaded
-        try:
-            return await run_export(
-                spec, ctx, open_writer=open_writer, on_total=on_total, on_progress=on_progress
-            )
-        finally:
-            metrics.S3_BYTES.inc(self.storage.bytes_uploaded - before)
+        return await run_export(
+            spec, ctx, open_writer=open_writer, on_total=on_total, on_progress=on_progress
+        )
 
     async def _heartbeat(
         self, export: Export, progress: dict[str, int], lost: asyncio.Event
     ) -> None:
-        interval = self.settings.heartbeat_interval_millis / 1000
+        # The beat also carries `progress.processed`: at least every progress interval, so that
+        # clients polling the export see it advance.
+        interval = (
+            min(self.settings.heartbeat_interval_millis, self.settings.progress_interval_millis)
+            / 1000
+        )
+        this = asyncio.current_task()
         while True:
             await asyncio.sleep(interval)
             try:
                 mine = await self.repository.heartbeat(export.id, self.worker_id, progress["rows"])
             except PyMongoError as exc:
                 # A missed beat is not fatal; the sweep only acts after heartbeat_timeout.
-                log.warning("heartbeat_failed", action="heartbeat_failed", error=str(exc))
-                continue
+                log.warning("heartbeat_failed", error=str(exc))
+                mine = True
+            if this is not None and this.cancelling():
+                # Cancelled while the driver waited for a server: Python 3.11's wait_for (used
+                # inside pymongo) can swallow the CancelledError, and this loop would then beat
+                # on forever, and the run that awaits it never end.
+                raise asyncio.CancelledError
             if not mine:
                 lost.set()
                 return
+
+
+_OUTCOME_STATUS = {
+    "finished": ExportStatus.FINISHED,
+    "failed": ExportStatus.FAILED,
+    "expired": ExportStatus.EXPIRED,
+}
+_STATUS_EVENT = {
+    ExportStatus.FINISHED: "export_finished",
+    ExportStatus.FAILED: "export_failed",
+    ExportStatus.EXPIRED: "export_expired",
+}
+
+
+def _log_fields(export: Export) -> dict[str, Any]:
+    """What every log line about an export carries; `request_id` is the request that made it."""
+    return {
+        "export_id": export.id,
+        "campaign_id": export.campaign_id,
+        "export_type": export.export_type.value,
+        "request_id": export.request_id,
+    }
+
+
+def uploads_of(doc: dict[str, Any]) -> list[PendingUpload]:
+    return [PendingUpload.from_doc(u) for u in doc.get("uploads") or []]
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:

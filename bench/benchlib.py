@@ -1,0 +1,175 @@
+"""What the benchmarks share: the machine and versions, load, servers, tables and results."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+
+def load() -> list[float]:
+    """The 1/5/15-minute load averages: other work on the machine shows up here."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    memory_gib = 0.0
+    with contextlib.suppress(OSError), open("/proc/meminfo") as info:
+        for line in info:
+            if line.startswith("MemTotal:"):
+                memory_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
+                break
+    versions = {"python": platform.python_version()}
+    for package in ("pymongo", "SecantusDB", "moto", "aiobotocore", "aiohttp"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return {
+        "cores": os.cpu_count(),
+        "memory_gib": memory_gib,
+        "cpu_model": model or platform.processor(),
+        "platform": platform.platform(),
+        "versions": versions,
+    }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size (Linux reports KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            sock.settimeout(0.2)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {process.returncode}")
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on port {port}")
+
+
+@contextlib.contextmanager
+def server(command: list[str], port: int, what: str) -> Iterator[None]:
+    """A server in a process of its own (its memory and CPU are not the benchmark's)."""
+    with tempfile.TemporaryFile() as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        try:
+            wait_for_port(port, process, what)
+            yield
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    """moto's S3 (keeps objects in memory) on 127.0.0.1; yields its endpoint URL."""
+    port = free_port()
+    moto = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
+    with server([moto, "-H", "127.0.0.1", "-p", str(port)], port, "moto"):
+        yield f"http://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def secantus_server(data_dir: Path | None = None) -> Iterator[str]:
+    """SecantusDB (the embedded MongoDB-wire server) on 127.0.0.1; yields its URI.
+
+    Its data lives in `data_dir` when given (kept, so a seeded database can be reused), else
+    in a temporary directory.
+    """
+    port = free_port()
+    with contextlib.ExitStack() as stack:
+        if data_dir is None:
+            data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-db-")))
+        command = [
+            sys.executable, "-m", "secantus", "--host", "127.0.0.1", "--port", str(port),
+            "--storage-path", str(data_dir / "data"), "--log-level", "WARNING",
+        ]  # fmt: skip
+        with server(command, port, "SecantusDB"):
+            yield f"mongodb://127.0.0.1:{port}/?directConnection=true"
+
+
+def s3_settings(endpoint: str) -> dict[str, Any]:
+    return {
+        "s3_endpoint_url": endpoint,
+        "s3_addressing_style": "path",
+        "s3_access_key_id": "bench",
+        "s3_secret_access_key": "bench",
+    }
+
+
+def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers], *[[_fmt(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = [title, "  ".join(h.ljust(w) for h, w in zip(cells[0], widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in cells[1:]:
+        lines.append("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.2f}" if value < 100 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def machine_table(info: dict[str, Any]) -> str:
+    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+    return (
+        f"machine: {info['cores']} cores, {info['memory_gib']} GiB, {info['cpu_model']}\n"
+        f"versions: {versions}"
+    )
+
+
+def write_results(name: str, data: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    return path

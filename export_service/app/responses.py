@@ -1,0 +1,136 @@
+"""Response models: the JSON shapes the API answers with (DESIGN §3, §4), for the OpenAPI document.
+
+The handlers build these bodies as plain dicts; `extra="forbid"` makes the published schema strict,
+so the schemathesis run fails when a handler starts sending a field the document does not describe.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from export_service.models import ExportStatus, ExportType
+
+_STRICT = ConfigDict(extra="forbid")
+
+
+class ExportFileView(BaseModel):
+    model_config = _STRICT
+
+    bucket: str = Field(description="The real bucket name.")
+    key: str = Field(description="Object key, `{campaignId}/{exportType}/{exportId}.{csv|zip}`.")
+    acl: str | None = Field(description="Canned ACL, or null when ACLs are turned off.")
+    rows: int = Field(ge=0, description="Rows written to this file.")
+    bytes: int = Field(ge=0, description="Object size.")
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="Lower-case hex digest.")]
+    url: str | None = Field(
+        default=None, description="Signed download URL; present when the export is FINISHED."
+    )
+
+
+class ExportDates(BaseModel):
+    model_config = _STRICT
+
+    created: datetime
+    triggered: datetime | None = None
+    finished: datetime | None = None
+    failed: datetime | None = None
+    expired: datetime | None = None
+
+
+class ExportProgress(BaseModel):
+    model_config = _STRICT
+
+    total: int | None = Field(default=None, ge=0, description="From the preliminary count.")
+    processed: int = Field(ge=0)
+
+
+class ExportErrorView(BaseModel):
+    model_config = _STRICT
+
+    code: str = Field(description="Stable error code, e.g. NoMarketsFound, StorageError, Timeout.")
+    message: str
+
+
+class ExportView(BaseModel):
+    """One export as the API returns it (DESIGN §3); timestamps are ISO 8601 UTC strings."""
+
+    model_config = _STRICT
+
+    id: str
+    campaignId: str
+    campaignName: str
+    exportType: ExportType
+    status: ExportStatus
+    requesterUserId: str = Field(description="The requesting token's `sub`.")
+    dateKey: str | None = None
+    includeAllMarkets: bool | None = None
+    date: ExportDates
+    progress: ExportProgress
+    count: int | None = Field(default=None, ge=0, description="Rows written (all files).")
+    files: list[ExportFileView] | None = None
+    path: str | None = Field(
+        default=None, description="Signed download URL of the single file, when FINISHED."
+    )
+    error: ExportErrorView | None = None
+
+
+class ExportList(BaseModel):
+    model_config = _STRICT
+
+    exports: list[ExportView] = Field(description="Newest first.")
+    limit: int = Field(ge=1, le=500)
+    offset: int = Field(ge=0)
+
+
+class DeletedCount(BaseModel):
+    model_config = _STRICT
+
+    exports: int = Field(ge=0, description="Export documents deleted.")
+    files: int = Field(ge=0, description="S3 objects deleted.")
+
+
+class CcpaResult(BaseModel):
+    model_config = _STRICT
+
+    deletedCount: DeletedCount
+
+
+class ErrorPayload(BaseModel):
+    """Machine-readable detail; validation errors add `errors: [{loc, msg, type}]`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    code: str = Field(description="Stable error code, e.g. BadRequest, CampaignNotFound.")
+
+
+class ErrorDetail(BaseModel):
+    model_config = _STRICT
+
+    status: int = Field(description="The HTTP status, repeated.")
+    message: str
+    payload: ErrorPayload
+
+
+class ErrorBody(BaseModel):
+    model_config = _STRICT
+
+    error: ErrorDetail
+
+
+class Heartbeat(BaseModel):
+    model_config = _STRICT
+
+    status: Literal["ok"]
+    time: datetime
+
+
+class Readiness(BaseModel):
+    model_config = _STRICT
+
+    ready: bool
+    checks: dict[str, str] = Field(
+        description="`mongodb` and `s3`: `ok`, or `unavailable: <error type>`."
+    )

@@ -1,0 +1,1 @@
+"""`export-service submit|list|status`: a command-line client of a running service."""

@@ -1,0 +1,84 @@
+"""`codeAssignments` and `codeWaves`: one row per assigned code, with its user's email (DESIGN §6).
+
+Both read the same code rows and differ only in which codes they select and where the file goes.
+"""
+
+from __future__ import annotations
+
+from export_service.errors import ExportFailed
+from export_service.exporters.contacts import contact_of, earliest_fields
+from export_service.exporters.formatting import cell, date, text
+from export_service.exporters.spec import Context, Doc, ExporterSpec, Row, Source, count_source
+from export_service.models import ExportType
+from export_service.settings import BucketRole
+
+ASSIGNMENT_COLUMNS = ("code", "user_id", "email", "market_id", "market_name", "assigned_at")
+
+_PROJECTION = {"code": 1, "marketId": 1, "assignedTo": 1, "date.assigned": 1}
+
+# `$ne: None` also excludes codes without the field: "assigned" means a user id is there.
+_ASSIGNED = {"$ne": None}
+
+
+async def assignment_rows(ctx: Context, codes: list[Doc]) -> list[Row]:
+    emails = await earliest_fields(ctx, (code.get("assignedTo") for code in codes), ("email",))
+    rows: list[Row] = []
+    for code in codes:
+        user_id = code.get("assignedTo")
+        market_id = code.get("marketId")
+        rows.append(
+            [
+                cell(code.get("code")),
+                cell(user_id),
+                cell(contact_of(emails, user_id).get("email")),
+                cell(market_id),
+                text(ctx.market_name(market_id)),
+                date((code.get("date") or {}).get("assigned")),
+            ]
+        )
+    return rows
+
+
+def _assigned_filter(ctx: Context) -> Doc:
+    return {"campaignId": ctx.campaign_id, "assignedTo": _ASSIGNED}
+
+
+def _wave_filter(ctx: Context) -> Doc:
+    # Served by the codes index (campaignId, waveDateKey, _id): filter and order from the index.
+    return {
+        "campaignId": ctx.campaign_id,
+        "waveDateKey": ctx.export.date_key,
+        "assignedTo": _ASSIGNED,
+    }
+
+
+async def _require_date_key(ctx: Context) -> None:
+    # The API rejects codeWaves without a dateKey; an export written to `exports` by other
+    # means must not silently select the codes whose waveDateKey is null.
+    if not ctx.export.date_key:
+        raise ExportFailed("codeWaves needs a dateKey")
+
+
+_ASSIGNED_SOURCE = Source("codes", _assigned_filter, _PROJECTION)
+_WAVE_SOURCE = Source("codes", _wave_filter, _PROJECTION)
+
+CODE_ASSIGNMENTS = ExporterSpec(
+    export_type=ExportType.CODE_ASSIGNMENTS,
+    source=_ASSIGNED_SOURCE,
+    columns=lambda ctx: ASSIGNMENT_COLUMNS,
+    transform=assignment_rows,
+    # Reads entries (the email join), so a campaign without markets fails (DESIGN §6).
+    needs_markets=True,
+    count=count_source(_ASSIGNED_SOURCE),
+)
+
+CODE_WAVES = ExporterSpec(
+    export_type=ExportType.CODE_WAVES,
+    source=_WAVE_SOURCE,
+    columns=lambda ctx: ASSIGNMENT_COLUMNS,
+    transform=assignment_rows,
+    bucket=BucketRole.VF_SCORING,
+    needs_markets=True,
+    count=count_source(_WAVE_SOURCE),
+    prepare=_require_date_key,
+)

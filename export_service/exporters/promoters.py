@@ -1,0 +1,101 @@
+"""`promoterEmailOptIn`: a ZIP with one `{promoterId}.csv` per promoter (DESIGN §6).
+
+A user is in a promoter's file when their latest entry says `allowPromoter` (the latest answer
+holds, as for every opt-in) and any of their entries names a market of that promoter, as its
+`marketId` or in `additionalMarkets`; the row's contact fields are the earliest entry's.
+
+A user belongs to every promoter of every market they entered, so no single sort order gives
+each promoter's users together. The export reads the campaign's entries in user order once per
+promoter and writes that promoter's member meanwhile: nothing is held but the user at hand, at
+the price of one read per promoter (campaigns have a handful; markets share them). Every
+promoter named by the campaign's markets gets its file, with just the header when no fan
+qualifies, so that downstream can tell "nobody" from "missing".
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from typing import Any, Final
+
+from export_service.errors import PromotersNotFound
+from export_service.exporters.optins import OPTIN_COLUMNS, USER_PROJECTION, contact_row, opted_in
+from export_service.exporters.spec import (
+    Context,
+    Doc,
+    ExporterSpec,
+    Layout,
+    Source,
+    campaign_filter,
+)
+from export_service.exporters.users import USER_SORT, PerUser, user_source
+from export_service.models import ExportType
+
+_PROMOTERS: Final = "promoters"
+_BY_MARKET: Final = "promoters_by_market"
+_PROJECTION: Final[Doc] = {**USER_PROJECTION, "marketId": 1, "additionalMarkets": 1}
+
+
+def _promoter_ids(market: Doc) -> list[str]:
+    ids = market.get("promoterIds")
+    return [p for p in ids if isinstance(p, str)] if isinstance(ids, list) else []
+
+
+async def _prepare(ctx: Context) -> None:
+    by_market = {market_id: frozenset(_promoter_ids(m)) for market_id, m in ctx.markets.items()}
+    named = sorted(set().union(*by_market.values()))
+    cursor = ctx.db["promoters"].find({"_id": {"$in": named}}, {"_id": 1})
+    found = {doc["_id"] async for doc in cursor}
+    missing = [p for p in named if p not in found]
+    if missing:
+        markets = sorted(m for m, ids in by_market.items() if ids.intersection(missing))
+        raise PromotersNotFound(
+            f"PromotersNotFound: markets {', '.join(markets)} name promoters that do not "
+            f"exist: {', '.join(missing)}",
+            promoter_ids=missing,
+            market_ids=markets,
+        )
+    ctx.lookups[_PROMOTERS] = named
+    ctx.lookups[_BY_MARKET] = by_market
+
+
+def _market_ids(entry: Doc) -> Iterable[Any]:
+    yield entry.get("marketId")
+    extra = entry.get("additionalMarkets")
+    if isinstance(extra, list):
+        yield from extra
+
+
+def _rows(ctx: Context, entries: list[Doc]) -> Iterable[Any]:
+    # `entries` is earliest first: the last one carries the user's current consent.
+    if not opted_in(entries[-1], "allowPromoter"):
+        return
+    assert ctx.source is not None
+    promoter = ctx.source.key
+    by_market: dict[str, frozenset[str]] = ctx.lookups[_BY_MARKET]
+    for entry in entries:
+        for market_id in _market_ids(entry):
+            if isinstance(market_id, str) and promoter in by_market.get(market_id, ()):
+                yield promoter, contact_row(entries[0])
+                return
+
+
+async def _sources(ctx: Context) -> AsyncIterator[Source]:
+    for promoter in ctx.lookups[_PROMOTERS]:
+        yield Source("entries", campaign_filter, _PROJECTION, USER_SORT, key=promoter)
+
+
+_PER_USER = PerUser(_rows)
+
+PROMOTER_EMAIL_OPT_IN = ExporterSpec(
+    export_type=ExportType.PROMOTER_EMAIL_OPT_IN,
+    source=user_source(campaign_filter, _PROJECTION),
+    columns=lambda ctx: OPTIN_COLUMNS,
+    transform=_PER_USER.transform,
+    layout=Layout.ZIP,
+    needs_markets=True,
+    prepare=_prepare,
+    finish=_PER_USER.finish,
+    sources=_sources,
+    file_name=lambda ctx, promoter, n: f"{promoter}.csv",
+    partitions=lambda ctx: ctx.lookups[_PROMOTERS],
+)

@@ -1,0 +1,77 @@
+"""The `worker` command's small HTTP listener: `/metrics` for Prometheus, `/heartbeat` for liveness.
+
+A worker process serves no API, so without this its counters (exports ended, durations, rows,
+S3 bytes) would be invisible. Off unless `EXPORT_SERVICE_WORKER_METRICS_PORT` is set; `serve`
+does not need it (the API's own `/metrics` shows the same registry).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from aiohttp import web
+
+from export_service import metrics
+from export_service.queue.worker import Worker
+from export_service.runtime import Services
+
+log = structlog.get_logger(__name__)
+
+SERVICES = web.AppKey("services", Services)
+
+# An idle loop turns every polling interval; longer than this without a turn (and no export
+# running) means it is wedged, and a restart is the cure.
+MIN_STALL_SECONDS = 30.0
+
+
+def stalled_for(worker: Worker) -> float | None:
+    """Seconds the loop has been stuck, or `None` while it is healthy."""
+    if worker.busy:
+        return None  # a long export is fine: its own heartbeat and timeout watch it
+    limit = max(MIN_STALL_SECONDS, 10 * worker.settings.polling_interval_millis / 1000)
+    quiet = time.monotonic() - worker.last_tick
+    return quiet if quiet > limit else None
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    worker = request.app[SERVICES].worker
+    stalled = stalled_for(worker)
+    body: dict[str, object] = {
+        "status": "ok" if stalled is None else "stalled",
+        "workerId": worker.worker_id,
+        "busy": worker.busy,
+        "stopping": worker.stopping,
+    }
+    if stalled is not None:
+        body["stalledSeconds"] = round(stalled, 1)
+    return web.json_response(body, status=200 if stalled is None else 503)
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    body = await metrics.exposition(request.app[SERVICES].repository)
+    return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
+
+
+def create_worker_app(services: Services) -> web.Application:
+    app = web.Application()
+    app[SERVICES] = services
+    app.router.add_get("/heartbeat", heartbeat)
+    app.router.add_get("/metrics", metrics_endpoint)
+    return app
+
+
+@asynccontextmanager
+async def worker_listener(services: Services, host: str, port: int) -> AsyncIterator[int]:
+    """Serve the worker's endpoints while the block runs; yields the bound port (0 = any free)."""
+    runner = web.AppRunner(create_worker_app(services), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        bound = int(runner.addresses[0][1])
+        log.info("worker_metrics_listening", host=host, port=bound)
+        yield bound
+    finally:
+        await runner.cleanup()

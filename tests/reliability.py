@@ -1,0 +1,116 @@
+"""Helpers shared by the reliability tests: real worker processes and a look at what S3 holds."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+
+from export_service.settings import Settings
+from export_service.storage import Storage
+
+ENV_PREFIX = "EXPORT_SERVICE_"
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes `export-service worker` use exactly these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    for name in settings.model_fields_set:
+        value: Any = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, dict):
+            value = json.dumps(value)
+        env[ENV_PREFIX + name.upper()] = str(value)
+    env[ENV_PREFIX + "LOG_FORMAT"] = "json"
+    return env
+
+
+class WorkerProcess:
+    """`python -m export_service.cli worker` as a child process, its output in a file."""
+
+    def __init__(self, settings: Settings, log_dir: Path, name: str) -> None:
+        self.log_path = log_dir / f"{name}.log"
+        with self.log_path.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "export_service.cli", "worker"],
+                env=worker_env(settings),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def events(self) -> list[dict[str, Any]]:
+        """The JSON log lines it wrote (anything else, e.g. a traceback, is skipped)."""
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return out
+
+
+def pid_of(worker_id: str) -> int:
+    """Worker ids are `host:pid:nonce` (see `new_worker_id`)."""
+    return int(worker_id.rsplit(":", 2)[1])
+
+
+async def object_keys(storage: Storage, bucket: str) -> list[str]:
+    answer = await storage.client.list_objects_v2(Bucket=bucket)
+    return sorted(o["Key"] for o in answer.get("Contents") or [])
+
+
+async def multipart_uploads(storage: Storage, bucket: str) -> list[dict[str, Any]]:
+    answer = await storage.client.list_multipart_uploads(Bucket=bucket)
+    return list(answer.get("Uploads") or [])
+
+
+async def object_sha256(storage: Storage, bucket: str, key: str) -> tuple[str, int]:
+    """sha256 and size of the object as S3 serves it (not as the writer computed it)."""
+    answer = await storage.client.get_object(Bucket=bucket, Key=key)
+    body: bytes = await answer["Body"].read()
+    return hashlib.sha256(body).hexdigest(), len(body)
+
+
+async def until(what: str, predicate: Callable[[], Any], timeout: float = 15) -> None:
+    """Bounded wait for another party (the service's own tasks, a server) to get somewhere."""
+    deadline = time.monotonic() + timeout
+    while not await _call(predicate):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def _call(predicate: Callable[[], Any]) -> bool:
+    result = predicate()
+    if asyncio.iscoroutine(result):
+        result = await result
+    return bool(result)
