@@ -47,19 +47,34 @@ SOURCE_INDEXES: dict[str, list[IndexModel]] = {
     "scoring": [
         IndexModel([("campaignId", ASCENDING), ("_id", ASCENDING)], name="campaign_id"),
         IndexModel([("userId", ASCENDING)], name="user"),
-        # waitlist's count: records of one campaign, selected or not, for given users.
+        # waitlist: one campaign's non-selected records in user order (merge join with entries),
+        # and its count for given users.
         IndexModel(
-            [("campaignId", ASCENDING), ("selected", ASCENDING), ("userId", ASCENDING)],
-            name="campaign_selected_user",
+            [
+                ("campaignId", ASCENDING),
+                ("selected", ASCENDING),
+                ("userId", ASCENDING),
+                ("_id", ASCENDING),
+            ],
+            name="campaign_selected_user_id",
         ),
     ],
     "codes": [
         IndexModel([("campaignId", ASCENDING), ("_id", ASCENDING)], name="campaign_id"),
         IndexModel([("assignedTo", ASCENDING)], name="assigned_to"),
-        # codeWaves: one wave's codes in _id order straight from the index.
+        # codeAssignments / codeWaves: assigned codes in user order (merge join with entries).
         IndexModel(
-            [("campaignId", ASCENDING), ("waveDateKey", ASCENDING), ("_id", ASCENDING)],
-            name="campaign_wave_id",
+            [("campaignId", ASCENDING), ("assignedTo", ASCENDING), ("_id", ASCENDING)],
+            name="campaign_assigned_id",
+        ),
+        IndexModel(
+            [
+                ("campaignId", ASCENDING),
+                ("waveDateKey", ASCENDING),
+                ("assignedTo", ASCENDING),
+                ("_id", ASCENDING),
+            ],
+            name="campaign_wave_assigned_id",
         ),
     ],
     "sms_waves": [

@@ -338,10 +338,10 @@ async def test_waitlist_excludes_only_scheduled_wave_members(services: Services)
     done = await run(services, ExportType.WAITLIST)
     assert await body(services, done) == (
         WAITLIST_HEADER + 'u2,=u2@example.com,\'+Bo,"Ng, ""B""",+15550001,camp-1-m1,Chicago,12\r\n'
+        'u2,=u2@example.com,\'+Bo,"Ng, ""B""",+15550001,camp-1-m2,\'=Dublin,7.25\r\n'
         "u3,u3@example.com,Ann,Lee,+15550001,camp-1-m2,'=Dublin,50.5\r\n"
         "u5,u5@example.com,Ann,Lee,+15550001,camp-1-m1,Chicago,50.5\r\n"
         "u6,,,,,camp-1-m1,Chicago,50.5\r\n"
-        'u2,=u2@example.com,\'+Bo,"Ng, ""B""",+15550001,camp-1-m2,\'=Dublin,7.25\r\n'
     )
     (file,) = done.files
     assert file.bucket == services.settings.bucket_exports

@@ -6,7 +6,7 @@ Both read the same code rows and differ only in which codes they select and wher
 from __future__ import annotations
 
 from export_service.errors import ExportFailed
-from export_service.exporters.contacts import contact_of, earliest_fields
+from export_service.exporters.contacts import close_contacts, contact_of, sorted_contacts
 from export_service.exporters.formatting import cell, date, text
 from export_service.exporters.spec import Context, Doc, ExporterSpec, Row, Source, count_source
 from export_service.models import ExportType
@@ -20,8 +20,14 @@ _PROJECTION = {"code": 1, "marketId": 1, "assignedTo": 1, "date.assigned": 1}
 _ASSIGNED = {"$ne": None}
 
 
+_JOIN = "assignment_contacts"
+# User order, so that the email join is a merge join (see contacts.py).
+_USER_ORDER = (("assignedTo", 1), ("_id", 1))
+
+
 async def assignment_rows(ctx: Context, codes: list[Doc]) -> list[Row]:
-    emails = await earliest_fields(ctx, (code.get("assignedTo") for code in codes), ("email",))
+    join = sorted_contacts(ctx, _JOIN, ("email",))
+    emails = await join.lookup(code.get("assignedTo") for code in codes)
     rows: list[Row] = []
     for code in codes:
         user_id = code.get("assignedTo")
@@ -44,7 +50,7 @@ def _assigned_filter(ctx: Context) -> Doc:
 
 
 def _wave_filter(ctx: Context) -> Doc:
-    # Served by the codes index (campaignId, waveDateKey, _id): filter and order from the index.
+    # Served by the codes index (campaignId, waveDateKey, assignedTo, _id).
     return {
         "campaignId": ctx.campaign_id,
         "waveDateKey": ctx.export.date_key,
@@ -59,14 +65,21 @@ async def _require_date_key(ctx: Context) -> None:
         raise ExportFailed("codeWaves needs a dateKey")
 
 
-_ASSIGNED_SOURCE = Source("codes", _assigned_filter, _PROJECTION)
-_WAVE_SOURCE = Source("codes", _wave_filter, _PROJECTION)
+_ASSIGNED_SOURCE = Source("codes", _assigned_filter, _PROJECTION, _USER_ORDER)
+_WAVE_SOURCE = Source("codes", _wave_filter, _PROJECTION, _USER_ORDER)
+
+
+async def _close_join(ctx: Context) -> list[Row]:
+    await close_contacts(ctx, _JOIN)
+    return []
+
 
 CODE_ASSIGNMENTS = ExporterSpec(
     export_type=ExportType.CODE_ASSIGNMENTS,
     source=_ASSIGNED_SOURCE,
     columns=lambda ctx: ASSIGNMENT_COLUMNS,
     transform=assignment_rows,
+    finish=_close_join,
     # Reads entries (the email join), so a campaign without markets fails (DESIGN §6).
     needs_markets=True,
     count=count_source(_ASSIGNED_SOURCE),
@@ -77,6 +90,7 @@ CODE_WAVES = ExporterSpec(
     source=_WAVE_SOURCE,
     columns=lambda ctx: ASSIGNMENT_COLUMNS,
     transform=assignment_rows,
+    finish=_close_join,
     bucket=BucketRole.VF_SCORING,
     needs_markets=True,
     count=count_source(_WAVE_SOURCE),

@@ -15,7 +15,12 @@ and CANCELLED waves do not exclude anyone.
 
 from __future__ import annotations
 
-from export_service.exporters.contacts import contact_of, earliest_fields, user_ids
+from export_service.exporters.contacts import (
+    close_contacts,
+    contact_of,
+    sorted_contacts,
+    user_ids,
+)
 from export_service.exporters.formatting import cell, text
 from export_service.exporters.spec import Context, Doc, ExporterSpec, Row, Source
 from export_service.models import ExportType
@@ -35,6 +40,7 @@ SCHEDULED = "SCHEDULED"
 
 _CONTACT_FIELDS = ("email", "first_name", "last_name", "phone")
 _MEMBERS = "scheduled_members"
+_JOIN = "waitlist_contacts"
 
 
 def _waitlist_filter(ctx: Context) -> Doc:
@@ -62,7 +68,8 @@ def _scheduled_members(ctx: Context) -> frozenset[str]:
 async def _waitlist_rows(ctx: Context, records: list[Doc]) -> list[Row]:
     excluded = _scheduled_members(ctx)
     kept = [r for r in records if r.get("userId") not in excluded]
-    contacts = await earliest_fields(ctx, (r.get("userId") for r in kept), _CONTACT_FIELDS)
+    join = sorted_contacts(ctx, _JOIN, _CONTACT_FIELDS)
+    contacts = await join.lookup(r.get("userId") for r in kept)
     rows: list[Row] = []
     for record in kept:
         user_id = record.get("userId")
@@ -81,6 +88,11 @@ async def _waitlist_rows(ctx: Context, records: list[Doc]) -> list[Row]:
             ]
         )
     return rows
+
+
+async def _finish(ctx: Context) -> list[Row]:
+    await close_contacts(ctx, _JOIN)
+    return []
 
 
 async def _count_waitlist(ctx: Context) -> int:
@@ -102,9 +114,16 @@ async def _count_waitlist(ctx: Context) -> int:
 
 WAITLIST = ExporterSpec(
     export_type=ExportType.WAITLIST,
-    source=Source("scoring", _waitlist_filter, {"userId": 1, "marketId": 1, "score": 1}),
+    # User order (index campaign_selected_user_id), so the contact join is a merge join.
+    source=Source(
+        "scoring",
+        _waitlist_filter,
+        {"userId": 1, "marketId": 1, "score": 1},
+        (("userId", 1), ("_id", 1)),
+    ),
     columns=lambda ctx: WAITLIST_COLUMNS,
     transform=_waitlist_rows,
+    finish=_finish,
     # Reads entries (the contact join), so a campaign without markets fails (DESIGN §6).
     needs_markets=True,
     count=_count_waitlist,
