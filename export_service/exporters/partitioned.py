@@ -224,16 +224,7 @@ class ZipSink(PartitionedSink):
         assert self._pump is not None
         await self._pump
         written = await self._writer.close()
-        return [
-            StoredFile(
-                bucket=written.bucket,
-                key=written.key,
-                acl=self._target.acl,
-                rows=self.rows,
-                bytes=written.bytes,
-                sha256=written.sha256,
-            )
-        ]
+        return [self._target.stored(written, self.rows)]
 
     async def abort(self) -> None:
         # The zipping thread may be waiting for the next chunk: hand it an abort (dropping
@@ -312,16 +303,7 @@ class ObjectsSink(PartitionedSink):
 
     async def _end(self, rows: int) -> None:
         written = await self._writers[-1].close()
-        self._files.append(
-            StoredFile(
-                bucket=written.bucket,
-                key=written.key,
-                acl=self._target.acl,
-                rows=rows,
-                bytes=written.bytes,
-                sha256=written.sha256,
-            )
-        )
+        self._files.append(self._target.stored(written, rows))
 
     async def _finish(self) -> list[StoredFile]:
         return list(self._files)

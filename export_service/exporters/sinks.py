@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from export_service.exporters.formatting import CsvEncoder
 from export_service.models import StoredFile
-from export_service.storage import ObjectWriter
+from export_service.storage import ObjectWriter, WrittenObject
 
 # Opens a writer for (key, content type); the runner wires upload tracking and the bucket/ACL.
 OpenWriter = Callable[[str, str], ObjectWriter]
@@ -33,6 +33,17 @@ class SinkTarget:
     base_key: str  # {campaignId}/{exportType}/{exportId}, without extension
     columns: Sequence[str]
     open_writer: OpenWriter
+
+    def stored(self, written: WrittenObject, rows: int) -> StoredFile:
+        """How a completed object is recorded in the export's `files`."""
+        return StoredFile(
+            bucket=written.bucket,
+            key=written.key,
+            acl=self.acl,
+            rows=rows,
+            bytes=written.bytes,
+            sha256=written.sha256,
+        )
 
 
 class CsvSink:
@@ -56,16 +67,7 @@ class CsvSink:
     async def close(self) -> list[StoredFile]:
         await self.write(())
         written = await self._writer.close()
-        return [
-            StoredFile(
-                bucket=written.bucket,
-                key=written.key,
-                acl=self._target.acl,
-                rows=self._rows,
-                bytes=written.bytes,
-                sha256=written.sha256,
-            )
-        ]
+        return [self._target.stored(written, self._rows)]
 
     async def abort(self) -> None:
         await self._writer.abort()
