@@ -4,14 +4,17 @@ SecantusDB (the embedded MongoDB-wire server) and moto's S3 each run as a proces
 One campaign of `--entries` entries is seeded with `export_service.seed.seed`. Then, per export
 type:
 
-* drain: everything the export reads, read and decoded and nothing else: the campaign and its
-  markets, the spec's own preparation reads (e.g. the reminder types' plan pass), and every
-  source cursor with the export's filter, projection, sort and batch size, as raw batches.
 * export: one export through the worker (`worker.process()`: sweep, claim, count, rows, CSV or
-  ZIP, S3 multipart upload, FINISHED), timed from the claim to the FINISHED write.
+  ZIP, S3 multipart upload, FINISHED), timed from the claim to the FINISHED write. A command
+  listener records every read it sends to the source collections.
+* drain: those reads sent again (same filter, projection, sort and batch size: the campaign, its
+  markets, the preparation reads such as the reminder types' plan pass, every source cursor and
+  the join cursors) and every document they return read and decoded, nothing else. The
+  preliminary count is left out of the drain (on MongoDB an index answers it) and timed alone.
 
 The target is export time <= 1.25 x drain time: the embedded server reads about 20-25 k
-documents/s, so the exporter must add little on top of reading.
+documents/s, so the exporter must add little on top of reading. A check first compares the
+`entries` query's first batch with what bench/pipeline.py's recording would hold.
 
     .venv/bin/python bench/end_to_end.py
     .venv/bin/python bench/end_to_end.py --entries 20000 --types entries
@@ -21,10 +24,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -41,12 +45,13 @@ from benchlib import (
     write_results,
 )
 from pipeline import project
+from pymongo import monitoring
 
 from export_service import db as dbmod
 from export_service.exporters import EXPORTERS
 from export_service.exporters.runner import load_markets, read_cursor
-from export_service.exporters.spec import Context, ExporterSpec, Source
-from export_service.models import Export, ExportStatus, ExportType, utcnow
+from export_service.exporters.spec import Context
+from export_service.models import Export, ExportStatus, ExportType
 from export_service.runtime import Services
 from export_service.seed import SeedPlan, generate, seed
 from export_service.settings import Settings
@@ -54,34 +59,94 @@ from export_service.settings import Settings
 CAMPAIGN = "bench-campaign"
 ENTRIES_CHECKED = 2_000
 TARGET_RATIO = 1.25
-# One plain CSV type and one ZIP type; the joined types are run on a smaller campaign (see
-# docs/benchmarks.md: their per-batch `$in` join is quadratic on the embedded server).
-DEFAULT_TYPES = ["entries", "reminderEmail"]
+# One plain CSV type, one ZIP type, one joined type.
+DEFAULT_TYPES = ["entries", "reminderEmail", "codeAssignments"]
 
 
-async def _sources(spec: ExporterSpec, ctx: Context) -> list[Source]:
-    if spec.sources is None:
-        return [spec.source]
-    return [source async for source in spec.sources(ctx)]
+class Reads(monitoring.CommandListener):
+    """The reads of source collections sent while `on` is set (queue bookkeeping left out)."""
+
+    def __init__(self, database: str) -> None:
+        self.database = database
+        self.on = False
+        self.commands: list[tuple[str, dict[str, Any]]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        name = event.command_name
+        if not self.on or event.database_name != self.database or name not in READS:
+            return
+        if event.command[name] != "exports":
+            self.commands.append((name, copy.deepcopy(dict(event.command))))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        return None
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        return None
 
 
-async def drain(
+READS = ("find", "aggregate")
+
+
+def is_count(name: str, command: dict[str, Any]) -> bool:
+    """A count: an aggregate that ends in one group of everything."""
+    if name != "aggregate" or not command["pipeline"]:
+        return False
+    last = command["pipeline"][-1]
+    return "$group" in last and last["$group"].get("_id") in (1, None)
+
+
+async def drain(services: Services, commands: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Send the export's reads again (same filter, projection, sort, batch size) and read every
+    document they return, decoded, doing nothing else; its counts are left out."""
+    codec_options = services.db.codec_options
+    documents = 0
+    started = time.perf_counter()
+    for name, command in commands:
+        if is_count(name, command):
+            continue
+        collection = services.db[command[name]]
+        batch_size = command.get("batchSize") or (command.get("cursor") or {}).get("batchSize", 0)
+        if name == "find":
+            sort = command.get("sort")
+            cursor = collection.find_raw_batches(
+                command.get("filter", {}),
+                command.get("projection"),
+                sort=list(sort.items()) if sort else None,
+                batch_size=batch_size,
+                limit=abs(command.get("limit", 0)),
+                skip=command.get("skip", 0),
+                hint=command.get("hint"),
+            )
+        else:
+            cursor = await collection.aggregate_raw_batches(
+                command["pipeline"], batchSize=batch_size or None
+            )
+        async for raw in cursor:
+            documents += len(bson.decode_all(cast(bytes, raw), codec_options))
+    return {
+        "seconds": round(time.perf_counter() - started, 3),
+        "queries": sum(1 for name, command in commands if not is_count(name, command)),
+        "documents": documents,
+    }
+
+
+async def count_seconds(
     services: Services, export_type: ExportType, date_key: str | None
-) -> dict[str, Any]:
-    """Read what the export reads, exactly as its cursors do, and nothing more."""
+) -> float | None:
+    """The preliminary count alone, as the export runs it before its first row."""
     spec = EXPORTERS[export_type]
+    if spec.count is None:
+        return None
     export = Export(
-        id="bench-drain",
+        id="bench-count",
         campaign_id=CAMPAIGN,
         campaign_name="",
         export_type=export_type,
         status=ExportStatus.TRIGGERED,
         requester_user_id="bench",
         date_key=date_key,
-        date={"triggered": utcnow()},
     )
-    codec_options = services.db.codec_options
-    started = time.perf_counter()
     campaign = await services.db["campaigns"].find_one({"_id": CAMPAIGN})
     assert campaign is not None
     ctx = Context(export=export, db=services.db, settings=services.settings, campaign=campaign)
@@ -89,23 +154,9 @@ async def drain(
         await load_markets(ctx)
     if spec.prepare is not None:
         await spec.prepare(ctx)
-    prepared = time.perf_counter()
-    documents = 0
-    for source in await _sources(spec, ctx):
-        ctx.source = source
-        async for raw in read_cursor(source, ctx):
-            documents += len(bson.decode_all(raw, codec_options))
-    drained = time.perf_counter()
-    # Not part of the drain (it reads no rows on MongoDB, where the index answers it), but the
-    # export runs it first (DESIGN §5), so its cost is shown next to the export's.
-    if spec.count is not None:
-        await spec.count(ctx)
-    return {
-        "seconds": round(drained - started, 3),
-        "prepare_seconds": round(prepared - started, 3),
-        "documents": documents,
-        "count_seconds": round(time.perf_counter() - drained, 3) if spec.count else None,
-    }
+    started = time.perf_counter()
+    await spec.count(ctx)
+    return round(time.perf_counter() - started, 3)
 
 
 async def export(
@@ -179,6 +230,8 @@ async def run(args: argparse.Namespace, uri: str, s3: str) -> dict[str, Any]:
         mongo_timeout_ms=120_000,
     )
     results: dict[str, Any] = {"entries": args.entries, "batch_size": settings.batch_size}
+    reads = Reads(settings.mongo_db)
+    monitoring.register(reads)  # every client opened from here on
     async with Services.open(settings, create_buckets=True) as services:
         started = time.perf_counter()
         seeded = await services.db["entries"].count_documents({"campaignId": CAMPAIGN})
@@ -206,8 +259,11 @@ async def run(args: argparse.Namespace, uri: str, s3: str) -> dict[str, Any]:
             )
             for attempt in range(args.repeat):
                 load_before = load()
-                drained = await drain(services, export_type, date_key)
+                reads.on, reads.commands = True, []
                 exported = await export(services, export_type, date_key)
+                reads.on = False
+                drained = await drain(services, reads.commands)
+                drained["count_seconds"] = await count_seconds(services, export_type, date_key)
                 ratio = round(exported["seconds"] / drained["seconds"], 2)
                 count = drained["count_seconds"] or 0.0
                 exported["ratio_without_count"] = round(
@@ -260,7 +316,8 @@ def main() -> None:
             continue
         body.append(
             [r["type"], r["drain"]["seconds"], r["drain"]["documents"],
-             r["drain"]["count_seconds"] or "-", r["export"]["seconds"],
+             "-" if r["drain"]["count_seconds"] is None else r["drain"]["count_seconds"],
+             r["export"]["seconds"],
              r["export"]["rows"], r["export"]["files"], round(r["export"]["bytes"] / 1e6, 1),
              r["ratio"], "yes" if r["target_met"] else "NO", r["export"]["ratio_without_count"],
              " ".join(map(str, r["load_before"])), " ".join(map(str, r["load_after"]))]

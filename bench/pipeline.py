@@ -5,13 +5,18 @@ entries made by `export_service.seed.generate`, projected the way the `entries` 
 them and BSON-encoded once, in batches of `batch_size`. Everything after the cursor is the real
 thing: the runner (`run_export`, with the recording as its batch reader) decodes each batch,
 builds the rows, CSV-encodes them and streams them to a moto S3 server with a multipart upload
-and sha256. A straightforward baseline (one `await` and one `csv.DictWriter.writerow` per row,
-the same per-cell formatting helpers, the same upload) runs on the same recording; both must
-write byte-identical files.
+and sha256.
+
+The baseline is the straightforward exporter, written here: it reads the entries as stored
+(`fields` and `date` sub-documents, the service's projection before issue 5), with one `await`
+and one `csv.DictWriter.writerow` per row, the service's per-cell formatting helpers and the
+same upload. `--variants baseline-same-input` runs that loop on the exporter's own projection
+instead, to separate what the projection buys from what the batch pipeline buys. Every variant
+must write byte-identical files.
 
 Each run is a child process, so its peak RSS (`ru_maxrss`) is the exporter's alone; moto runs
 in a process of its own. The recording (`--pool` distinct entries, cycled to reach the row
-count) is held by the child, so its size is part of both runs' RSS and is reported.
+count) is held by the child, so its size is part of every run's RSS and is reported.
 
     .venv/bin/python bench/pipeline.py                     # 100 k and 1 M rows
     .venv/bin/python bench/pipeline.py --rows 100000 --variants entries
@@ -83,6 +88,9 @@ def _resolve(doc: Any, path: str) -> Any:
 def _evaluate(doc: dict[str, Any], expression: Any) -> Any:
     if isinstance(expression, str) and expression.startswith("$"):
         return _resolve(doc, expression[1:])
+    if isinstance(expression, list):  # an array literal: a missing value is null in it
+        values = (_evaluate(doc, item) for item in expression)
+        return [None if value is _MISSING else value for value in values]
     if isinstance(expression, dict) and "$getField" in expression:
         spec = expression["$getField"]
         parent = _evaluate(doc, spec["input"])
@@ -96,7 +104,9 @@ def project(doc: dict[str, Any], projection: dict[str, Any]) -> dict[str, Any]:
     """What a MongoDB find with this projection returns for `doc` (the forms the specs use)."""
     out: dict[str, Any] = {"_id": doc["_id"]}
     for key, spec in projection.items():
-        if spec is True or spec == 1:
+        if key == "_id" and spec in (0, False):
+            del out["_id"]
+        elif spec is True or spec == 1:
             value = _resolve(doc, key)
             if value is not _MISSING:
                 *parents, leaf = key.split(".")
@@ -129,8 +139,22 @@ def _context(campaign: dict[str, Any], markets: list[dict[str, Any]], settings: 
     return ctx, client
 
 
-async def _record(pool: int, path: Path) -> dict[str, Any]:
-    """Seed data projected like the `entries` query and BSON-encoded, in cursor batches."""
+# What a straightforward exporter asks for: the entry's fields as stored (the service's
+# projection before issue 5).
+NESTED_PROJECTION = {
+    "userId": 1,
+    "marketId": 1,
+    "additionalMarkets": 1,
+    "locale": 1,
+    "countryCode": 1,
+    "fields": 1,
+    "date.created": 1,
+}
+
+
+async def _record(pool: int, directory: Path) -> dict[str, Any]:
+    """Seed data projected like the `entries` query (`exporter.pickle`) and like a
+    straightforward query (`nested.pickle`), BSON-encoded in cursor batches."""
     settings = Settings()
     campaign: dict[str, Any] = {}
     markets: list[dict[str, Any]] = []
@@ -145,20 +169,23 @@ async def _record(pool: int, path: Path) -> dict[str, Any]:
     ctx, client = _context(campaign, markets, settings)
     assert ENTRIES.prepare is not None
     await ENTRIES.prepare(ctx)
-    projection = ENTRIES.source.fields(ctx) or {}
-    size = settings.batch_size
-    batches = [
-        b"".join(bson.encode(project(doc, projection)) for doc in entries[i : i + size])
-        for i in range(0, len(entries), size)
-    ]
     await client.close()
-    with path.open("wb") as out:
-        pickle.dump({"campaign": campaign, "markets": markets, "batches": batches}, out)
+    size = settings.batch_size
+    sizes: dict[str, float] = {}
+    projections = {"exporter": ENTRIES.source.fields(ctx) or {}, "nested": NESTED_PROJECTION}
+    for name, projection in projections.items():
+        batches = [
+            b"".join(bson.encode(project(doc, projection)) for doc in entries[i : i + size])
+            for i in range(0, len(entries), size)
+        ]
+        with (directory / f"{name}.pickle").open("wb") as out:
+            pickle.dump({"campaign": campaign, "markets": markets, "batches": batches}, out)
+        sizes[name] = round(sum(map(len, batches)) / 1e6, 1)
     return {
         "pool_entries": pool,
         "batch_size": size,
-        "recording_mb": round(sum(map(len, batches)) / 1e6, 1),
-        "projection": projection,
+        "recording_mb": sizes,
+        "projections": projections,
     }
 
 
@@ -173,6 +200,24 @@ def _replayer(batches: list[bytes], rows: int, batch_size: int) -> Any:
     return read
 
 
+def _nested_values(ctx: Context, doc: dict[str, Any]) -> list[Any]:
+    fields = doc.get("fields") or {}
+    return [
+        doc["_id"],
+        doc.get("userId"),
+        fields.get("email"),
+        fields.get("first_name"),
+        fields.get("last_name"),
+        fields.get("phone"),
+        fields.get("postal_code"),
+        doc.get("countryCode"),
+        doc.get("locale"),
+        doc.get("marketId"),
+        (doc.get("date") or {}).get("created"),
+        *(fields.get(pid) for pid in ctx.lookups["preference_ids"]),
+    ]
+
+
 async def _baseline(
     ctx: Context, storage: Storage, batches: list[bytes], rows: int, batch_size: int
 ) -> tuple[int, str, int]:
@@ -184,7 +229,6 @@ async def _baseline(
                 yield doc
 
     columns = list(entry_columns(ctx))
-    preferences = list(zip(ctx.lookups["answer_keys"], ctx.lookups["preference_ids"], strict=True))
     writer = storage.writer(
         BUCKET, "baseline.csv", acl=None, content_type="text/csv", on_start=_no_op
     )
@@ -193,23 +237,27 @@ async def _baseline(
     out.writeheader()
     count = 0
     async for doc in documents():
-        market_id = doc.get("marketId")
+        # The exporter's projection holds the values in column order; the nested one is read
+        # the way the service's row function read it before.
+        values = doc["v"] if "v" in doc else _nested_values(ctx, doc)
+        entry_id, user, email, first, last, phone, postal = values[:7]
+        country, locale, market_id, created, *answers = values[7:]
         row = {
-            "entry_id": cell(doc["_id"]),
-            "user_id": cell(doc.get("userId")),
-            "email": cell(doc.get("email")),
-            "first_name": text(doc.get("first_name")),
-            "last_name": text(doc.get("last_name")),
-            "phone": cell(doc.get("phone")),
-            "postal_code": text(doc.get("postal_code")),
-            "country_code": upper(doc.get("countryCode")),
-            "locale": text(doc.get("locale")),
+            "entry_id": cell(entry_id),
+            "user_id": cell(user),
+            "email": cell(email),
+            "first_name": text(first),
+            "last_name": text(last),
+            "phone": cell(phone),
+            "postal_code": text(postal),
+            "country_code": upper(country),
+            "locale": text(locale),
             "market_id": cell(market_id),
             "market_name": text(ctx.market_name(market_id)),
-            "created_at": date(doc.get("created")),
+            "created_at": date(created),
         }
-        for key, pid in preferences:
-            row[pid] = text(doc.get(key))
+        for pid, answer in zip(ctx.lookups["preference_ids"], answers, strict=True):
+            row[pid] = text(answer)
         out.writerow(row)
         count += 1
         if buffer.tell() >= 1 << 20:
@@ -241,8 +289,12 @@ def _time_s3_calls(storage: Storage) -> dict[str, float]:
     return spent
 
 
-async def _child(variant: str, rows: int, recording: Path, endpoint: str) -> dict[str, Any]:
-    with recording.open("rb") as data:
+# variant → the recording it reads.
+VARIANTS = {"entries": "exporter", "baseline": "nested", "baseline-same-input": "exporter"}
+
+
+async def _child(variant: str, rows: int, recordings: Path, endpoint: str) -> dict[str, Any]:
+    with (recordings / f"{VARIANTS[variant]}.pickle").open("rb") as data:
         recorded = pickle.load(data)
     batches: list[bytes] = recorded["batches"]
     settings = Settings(**s3_settings(endpoint), bucket_exports=BUCKET)
@@ -357,7 +409,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--pool", type=int, default=20_000, help="distinct entries recorded")
-    parser.add_argument("--variants", nargs="+", default=["entries", "baseline"])
+    parser.add_argument(
+        "--variants", nargs="+", choices=sorted(VARIANTS), default=["entries", "baseline"]
+    )
     parser.add_argument("--child", nargs=4, metavar=("VARIANT", "ROWS", "RECORDING", "S3"))
     args = parser.parse_args()
     if args.child:
@@ -368,7 +422,7 @@ def main() -> None:
     info = machine()
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
-        recording_path = Path(tmp) / "recording.pickle"
+        recording_path = Path(tmp)
         recording = asyncio.run(_record(args.pool, recording_path))
         with moto_server() as endpoint:
             for rows in args.rows:
@@ -390,7 +444,7 @@ def main() -> None:
     print(machine_table(info))
     print(
         f"recording: {recording['pool_entries']:,} distinct entries in batches of "
-        f"{recording['batch_size']:,}, {recording['recording_mb']} MB of BSON held in memory"
+        f"{recording['batch_size']:,}; MB of BSON held in memory: {recording['recording_mb']}"
     )
     print(table("exporter pipeline (no database)", headers, body))
     for name, verdict in verdicts.items():

@@ -84,11 +84,19 @@ SOURCE_INDEXES: dict[str, list[IndexModel]] = {
 }
 
 
+# The embedded server is single-threaded: while it builds a large query's result it cannot answer
+# the driver's monitor, and a monitor timeout makes the driver cancel operations in flight.
+EMBEDDED_CONNECT_TIMEOUT_MS = 120_000
+
+
 def connect(uri: str, settings: Settings) -> AsyncMongoClient[Doc]:
+    connect_timeout = settings.mongo_timeout_ms
+    if settings.embedded:
+        connect_timeout = max(connect_timeout, EMBEDDED_CONNECT_TIMEOUT_MS)
     return AsyncMongoClient(
         uri,
         serverSelectionTimeoutMS=settings.mongo_timeout_ms,
-        connectTimeoutMS=settings.mongo_timeout_ms,
+        connectTimeoutMS=connect_timeout,
         tz_aware=False,
         appname="export-service",
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from itertools import repeat
+from operator import itemgetter
 from typing import Any
 
 from export_service.exporters.formatting import (
@@ -65,23 +66,29 @@ def field_of(parent: str, key: str) -> str | Doc:
     return {"$getField": {"field": {"$literal": key}, "input": f"${parent}"}}
 
 
+# Each entry comes back as one array of its cells' values, in column order (a missing field is
+# null). The driver decodes an array of strings faster than the same strings as named fields
+# (no key per value), and several times faster than nested documents; decoding is a third of
+# an export's CPU time.
+_ENTRY_VALUES = (
+    "$_id",
+    "$userId",
+    "$fields.email",
+    "$fields.first_name",
+    "$fields.last_name",
+    "$fields.phone",
+    "$fields.postal_code",
+    "$countryCode",
+    "$locale",
+    "$marketId",
+    "$date.created",
+)
+_VALUES = "v"
+
+
 def _entry_projection(ctx: Context) -> Doc:
-    # Flat: every cell a top-level field. The driver decodes a nested document several times
-    # slower than the strings in it, and decoding is a third of an export's CPU time.
-    projection: Doc = {
-        "userId": 1,
-        "marketId": 1,
-        "locale": 1,
-        "countryCode": 1,
-        "email": "$fields.email",
-        "first_name": "$fields.first_name",
-        "last_name": "$fields.last_name",
-        "phone": "$fields.phone",
-        "postal_code": "$fields.postal_code",
-        "created": "$date.created",
-    }
-    for key, pid in zip(ctx.lookups["answer_keys"], preference_ids(ctx), strict=True):
-        projection[key] = field_of("fields", pid)
+    answers = [field_of("fields", pid) for pid in ctx.lookups["preference_ids"]]
+    projection: Doc = {"_id": 0, _VALUES: [*_ENTRY_VALUES, *answers]}
     if ctx.export.include_all_markets:
         projection["additionalMarkets"] = 1
     return projection
@@ -95,31 +102,16 @@ def _market_names(ctx: Context, market_ids: Sequence[Any]) -> list[str]:
         return [text(ctx.market_name(m)) for m in market_ids]
 
 
-# The fields the row function reads, in column order; the campaign's answers follow.
-_ENTRY_FIELDS = (
-    "_id",
-    "userId",
-    "email",
-    "first_name",
-    "last_name",
-    "phone",
-    "postal_code",
-    "countryCode",
-    "locale",
-    "marketId",
-    "created",
-)
+_values = itemgetter(_VALUES)
 
 
 async def _entry_batch(ctx: Context, docs: list[Doc]) -> Sequence[tuple[str, ...]]:
     """A batch of entries → rows, built column by column (see formatting's column helpers)."""
     if not docs:
         return []
-    keys = ctx.lookups["entry_fields"]
-    blanks = ("",) * len(keys)
-    # Documents → columns in two C-level passes; a missing field is "", as every cell has it.
+    # Documents → columns in two C-level passes.
     ids, users, emails, first, last, phones, postal, country, locale, markets, created, *answers = (
-        zip(*[tuple(map(doc.get, keys, blanks)) for doc in docs], strict=True)
+        zip(*map(_values, docs), strict=True)
     )
     columns = [
         cell_column(ids),
@@ -149,10 +141,7 @@ async def _entry_batch(ctx: Context, docs: list[Doc]) -> Sequence[tuple[str, ...
 
 
 async def _prepare_entries(ctx: Context) -> None:
-    ids = preference_ids(ctx)
-    ctx.lookups["preference_ids"] = ids
-    ctx.lookups["answer_keys"] = answer_keys = [f"answer{i}" for i in range(len(ids))]
-    ctx.lookups["entry_fields"] = (*_ENTRY_FIELDS, *answer_keys)
+    ctx.lookups["preference_ids"] = preference_ids(ctx)
     ctx.lookups["market_names"] = {m: text(ctx.market_name(m)) for m in ctx.markets}
 
 

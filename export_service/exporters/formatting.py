@@ -68,19 +68,32 @@ _FORMULA_AFTER_SEP = tuple(_SEP + start for start in _FORMULA_STARTS)
 _FEW_HITS = 32
 # The usual non-string answers; `cell` and `text` write them alike.
 _BOOLEANS = {True: "true", False: "false"}
+# `upper` blanks everything that is not text.
+_NOT_TEXT = {True: "", False: ""}
+# Only None: a dict of booleans would also match 1 and 0, which are equal to them.
+_BLANK_NONE: dict[Any, str] = {None: ""}
 
 
-def _strings(values: Sequence[Any], convert: Callable[[Any], str]) -> Sequence[str]:
-    """The column with its non-strings converted (by `convert`, which must agree with `cell`
-    on booleans); the column itself when it holds strings only."""
+def _strings(
+    values: Sequence[Any], convert: Callable[[Any], str], booleans: dict[Any, str] = _BOOLEANS
+) -> Sequence[str]:
+    """The column with its non-strings converted by `convert` (which must write None as ""
+    and booleans as `booleans` says); the column itself when it holds strings only."""
     try:
         "".join(values)
+        return values
     except TypeError:
+        pass
+    try:
+        # Missing values (None) are the usual non-strings: blanked in one C-level pass.
+        blanked: list[Any] = list(map(_BLANK_NONE.get, values, values))
+        "".join(blanked)
+        return blanked
+    except TypeError:  # something else, or unhashable
         return [
-            v if v.__class__ is str else _BOOLEANS[v] if v.__class__ is bool else convert(v)
+            v if v.__class__ is str else booleans[v] if v.__class__ is bool else convert(v)
             for v in values
         ]
-    return values
 
 
 def cell_column(values: Sequence[Any]) -> list[str]:
@@ -114,12 +127,10 @@ def text_column(values: Sequence[Any]) -> list[str]:
 
 
 def upper_column(values: Sequence[Any]) -> list[str]:
-    try:
-        joined = _SEP.join(values)
-    except TypeError:
-        return [upper(v) for v in values]
-    if not values or joined.count(_SEP) != len(values) - 1:
-        return [upper(v) for v in values]
+    strings = _strings(values, upper, _NOT_TEXT)
+    joined = _SEP.join(strings)
+    if not strings or joined.count(_SEP) != len(strings) - 1:
+        return [upper(v) for v in strings]
     return joined.upper().split(_SEP)
 
 

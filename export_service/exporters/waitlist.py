@@ -40,6 +40,7 @@ SCHEDULED = "SCHEDULED"
 
 _CONTACT_FIELDS = ("email", "first_name", "last_name", "phone")
 _MEMBERS = "scheduled_members"
+COUNT_CHUNK = 200
 _JOIN = "waitlist_contacts"
 
 
@@ -105,7 +106,9 @@ async def _count_waitlist(ctx: Context) -> int:
     source = _waitlist_filter(ctx)
     total = await scoring.count_documents(source)
     members = sorted(_scheduled_members(ctx))
-    size = ctx.settings.batch_size
+    # Short `$in` lists: the embedded server's `$in` cost grows faster than the list (0.28 s for
+    # 200 ids, 6.1 s for 1,600); on MongoDB this only adds a few cheap index counts.
+    size = min(ctx.settings.batch_size, COUNT_CHUNK)
     for start in range(0, len(members), size):
         chunk = members[start : start + size]
         total -= await scoring.count_documents({**source, "userId": {"$in": chunk}})
