@@ -7,6 +7,9 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
+from export_service.models import Export, ExportType
+from export_service.runtime import Services
+
 Doc = dict[str, Any]
 
 CAMPAIGN = "camp-1"
@@ -69,3 +72,31 @@ def entry(
     }
     doc.update(extra)
     return doc
+
+
+async def run_export(
+    services: Services,
+    export_type: ExportType,
+    *,
+    campaign_id: str = CAMPAIGN,
+    date_key: str | None = None,
+    include_all: bool | None = None,
+) -> Export:
+    """Queue one export and drain the worker: the export as it ended."""
+    await services.repository.create(
+        campaign_id=campaign_id,
+        campaign_name="Tour",
+        export_type=export_type,
+        requester_user_id="u",
+        date_key=date_key,
+        include_all_markets=include_all,
+    )
+    (done,) = await services.worker.drain()
+    return done
+
+
+async def download(services: Services, bucket: str, key: str) -> bytes:
+    answer = await services.storage.client.get_object(Bucket=bucket, Key=key)
+    async with answer["Body"] as stream:
+        data: bytes = await stream.read()
+    return data

@@ -8,9 +8,9 @@ from typing import Any
 
 import aiohttp
 
-from export_service.models import Export, ExportStatus, ExportType
+from export_service.models import ExportStatus, ExportType
 from export_service.runtime import Services
-from tests.data import CAMPAIGN, T0, add_campaign, entry
+from tests.data import CAMPAIGN, T0, add_campaign, download, entry, run_export
 
 HEADER = (
     "entry_id,user_id,email,first_name,last_name,phone,postal_code,country_code,locale,"
@@ -18,26 +18,8 @@ HEADER = (
 )
 
 
-async def run(
-    services: Services, export_type: ExportType, *, include_all: bool | None = None
-) -> Export:
-    await services.repository.create(
-        campaign_id=CAMPAIGN,
-        campaign_name="Tour",
-        export_type=export_type,
-        requester_user_id="u",
-        date_key=None,
-        include_all_markets=include_all,
-    )
-    (done,) = await services.worker.drain()
-    return done
-
-
-async def body_of(services: Services, bucket: str, key: str) -> bytes:
-    answer = await services.storage.client.get_object(Bucket=bucket, Key=key)
-    async with answer["Body"] as stream:
-        data: bytes = await stream.read()
-    return data
+run = run_export
+body_of = download
 
 
 async def grants(services: Services, bucket: str, key: str) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ import pytest
 from export_service import seed
 from export_service.models import Export, ExportStatus, ExportType
 from export_service.runtime import Services
-from tests.data import CAMPAIGN, T0, add_campaign, entry
+from tests.data import CAMPAIGN, T0, add_campaign, entry, run_export
 
 Doc = dict[str, Any]
 
@@ -53,16 +53,7 @@ async def run(
 ) -> Export:
     if export_type is ExportType.CODE_WAVES and date_key is None:
         date_key = DATE_KEY
-    await services.repository.create(
-        campaign_id=campaign_id,
-        campaign_name="Tour",
-        export_type=export_type,
-        requester_user_id="u",
-        date_key=date_key,
-        include_all_markets=None,
-    )
-    (done,) = await services.worker.drain()
-    return done
+    return await run_export(services, export_type, campaign_id=campaign_id, date_key=date_key)
 
 
 async def body(services: Services, done: Export) -> str:

@@ -25,7 +25,7 @@ from export_service.models import Export, ExportStatus, ExportType
 from export_service.runtime import Services
 from export_service.settings import Settings
 from tests.conftest import make_settings
-from tests.data import CAMPAIGN, T0, add_campaign, entry
+from tests.data import CAMPAIGN, T0, add_campaign, download, entry, run_export
 
 Doc = dict[str, Any]
 OpenServices = Callable[..., Awaitable[Services]]
@@ -73,24 +73,7 @@ async def services_with(
 # ---- helpers ------------------------------------------------------------------------------
 
 
-async def run(services: Services, export_type: ExportType) -> Export:
-    await services.repository.create(
-        campaign_id=CAMPAIGN,
-        campaign_name="Tour",
-        export_type=export_type,
-        requester_user_id="u",
-        date_key=None,
-        include_all_markets=None,
-    )
-    (done,) = await services.worker.drain()
-    return done
-
-
-async def download(services: Services, bucket: str, key: str) -> bytes:
-    answer = await services.storage.client.get_object(Bucket=bucket, Key=key)
-    async with answer["Body"] as stream:
-        data: bytes = await stream.read()
-    return data
+run = run_export
 
 
 def parse(data: bytes) -> list[list[str]]:
