@@ -12,11 +12,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from export_service.embedded import stop_process, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -75,19 +76,6 @@ def free_port() -> int:
         return port
 
 
-def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            sock.settimeout(0.2)
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {process.returncode}")
-        time.sleep(0.05)
-    raise RuntimeError(f"{what} did not listen on port {port}")
-
-
 @contextlib.contextmanager
 def server(command: list[str], port: int, what: str) -> Iterator[None]:
     """A server in a process of its own (its memory and CPU are not the benchmark's)."""
@@ -97,12 +85,7 @@ def server(command: list[str], port: int, what: str) -> Iterator[None]:
             wait_for_port(port, process, what)
             yield
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
 
 
 @contextlib.contextmanager

@@ -62,6 +62,7 @@ from export_service import logs
 from export_service.app.auth import mint
 from export_service.app.factory import create_app
 from export_service.app.routes import SERVICES
+from export_service.embedded import stop_process
 from export_service.models import ExportStatus, ExportType, utcnow
 from export_service.queue.repository import ExportRepository
 from export_service.runtime import Services
@@ -148,12 +149,7 @@ def service_process(command: str, settings: Settings) -> Any:
                 wait_for_port(port, process, "export-service api")
             yield port
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process, 30)
 
 
 def history_doc(i: int) -> dict[str, Any]:

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from moto.server import ThreadedMotoServer
 
 from export_service import logs
-from export_service.embedded import wait_for_port
+from export_service.embedded import stop_process, wait_for_port
 from export_service.models import ExportType
 from export_service.runtime import Services
 from export_service.seed import SeedPlan, seed
@@ -116,8 +116,7 @@ def main() -> None:
             asyncio.run(bench(mongo_port, s3_port, entries))
         finally:
             s3.stop()
-            mongo.terminate()
-            mongo.wait(timeout=10)
+            stop_process(mongo)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,9 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str, timeout: float) -> None:
+def wait_for_port(
+    port: int, process: subprocess.Popen[bytes], what: str, timeout: float = 60
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if port_open(port):
@@ -51,6 +53,18 @@ def mongo_command(port: int, storage: Path) -> list[str]:
 def s3_command(port: int) -> list[str]:
     moto = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
     return [moto, "-H", "127.0.0.1", "-p", str(port)]
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _start(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -87,8 +101,4 @@ def embedded_servers(settings: Settings) -> Iterator[None]:
         yield
     finally:
         for proc in reversed(started):
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process(proc)

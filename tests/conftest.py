@@ -20,7 +20,7 @@ from moto.server import ThreadedMotoServer
 from export_service.app.auth import mint
 from export_service.app.factory import create_app
 from export_service.app.routes import SERVICES
-from export_service.embedded import wait_for_port
+from export_service.embedded import stop_process, wait_for_port
 from export_service.runtime import Services
 from export_service.settings import Settings
 
@@ -50,11 +50,7 @@ def mongo_uri() -> Iterator[str]:
             wait_for_port(port, proc, "SecantusDB", 60)
             yield f"mongodb://127.0.0.1:{port}/?directConnection=true"
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process(proc)
 
 
 @pytest.fixture(scope="session")

@@ -100,3 +100,19 @@ async def download(services: Services, bucket: str, key: str) -> bytes:
     async with answer["Body"] as stream:
         data: bytes = await stream.read()
     return data
+
+
+async def queue_exports(services: Services, n: int, export_type: ExportType) -> list[Export]:
+    """`n` PENDING exports of one type; distinct dateKeys keep dedupe from merging them."""
+    created = []
+    for i in range(n):
+        export, _ = await services.repository.create(
+            campaign_id=CAMPAIGN,
+            campaign_name="Tour",
+            export_type=export_type,
+            requester_user_id="u",
+            date_key=f"2026{1 + i // 28 % 12:02d}{1 + i % 28:02d}" if n > 1 else None,
+            include_all_markets=None,
+        )
+        created.append(export)
+    return created

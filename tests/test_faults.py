@@ -26,6 +26,7 @@ from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError, ServerSelectionTimeoutError
 from yarl import URL
 
+from export_service.embedded import stop_process
 from tests.faults import S3FaultProxy, TcpProxy, classify_s3_request
 
 MiB = 1024 * 1024
@@ -67,12 +68,7 @@ def mongo_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         _wait_listening(proc, port, data / "server.log")
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
 
 

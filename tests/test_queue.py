@@ -14,24 +14,9 @@ from export_service.queue.worker import Worker
 from export_service.runtime import Services
 from export_service.settings import Settings
 from tests.conftest import make_settings
-from tests.data import CAMPAIGN, add_campaign, entry
+from tests.data import CAMPAIGN, add_campaign, entry, queue_exports
 
 BIG = "x" * 110_000  # 50 such rows exceed one 5 MiB part: the upload goes multipart
-
-
-async def queue_exports(services: Services, n: int, export_type: ExportType) -> list[Export]:
-    created = []
-    for i in range(n):
-        export, _ = await services.repository.create(
-            campaign_id=CAMPAIGN,
-            campaign_name="Tour",
-            export_type=export_type,
-            requester_user_id="u",
-            date_key=f"2026{1 + i // 28 % 12:02d}{1 + i % 28:02d}" if n > 1 else None,
-            include_all_markets=None,
-        )
-        created.append(export)
-    return created
 
 
 async def seed_big_entries(services: Services, n: int = 60) -> None:

@@ -26,14 +26,14 @@ from structlog.testing import capture_logs
 
 from export_service.app.factory import WORKER_TASK, create_app
 from export_service.app.routes import SERVICES
-from export_service.embedded import wait_for_port
+from export_service.embedded import stop_process, wait_for_port
 from export_service.models import Export, ExportStatus, ExportType
 from export_service.runtime import Services
 from tests.conftest import auth, free_port, make_settings
-from tests.data import CAMPAIGN
+from tests.data import CAMPAIGN, queue_exports
 from tests.faults import TcpProxy
 from tests.reliability import multipart_uploads, object_keys, object_sha256, until
-from tests.test_queue import Gate, queue_exports, seed_big_entries
+from tests.test_queue import Gate, seed_big_entries
 
 Client = TestClient[Any, Any]
 URL = f"/campaigns/{CAMPAIGN}/exports"
@@ -232,13 +232,8 @@ class MongoServer:
         wait_for_port(self.port, self.proc, "SecantusDB", 60)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, 15)
 
 
 @pytest.fixture

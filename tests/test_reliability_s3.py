@@ -17,7 +17,7 @@ from export_service.models import Export, ExportStatus, ExportType
 from export_service.runtime import Services, s3_credentials
 from export_service.storage import Storage
 from tests.conftest import make_settings
-from tests.data import CAMPAIGN
+from tests.data import CAMPAIGN, queue_exports
 from tests.faults import (
     COMPLETE_MPU,
     CREATE_MPU,
@@ -41,18 +41,7 @@ class Proxied:
         return self.services.settings.bucket_exports
 
     async def queue(self, export_type: ExportType, n: int = 1) -> list[Export]:
-        exports = []
-        for i in range(n):
-            export, _ = await self.services.repository.create(
-                campaign_id=CAMPAIGN,
-                campaign_name="Tour",
-                export_type=export_type,
-                requester_user_id="u",
-                date_key=f"k{i:02d}" if n > 1 else None,
-                include_all_markets=None,
-            )
-            exports.append(export)
-        return exports
+        return await queue_exports(self.services, n, export_type)
 
     async def leftovers(self) -> tuple[list[str], list[dict[str, Any]]]:
         return (

@@ -22,7 +22,7 @@ from export_service.models import ExportStatus, ExportType, utcnow
 from export_service.runtime import Services
 from export_service.settings import Settings
 from tests.conftest import JWT_SECRET, make_settings
-from tests.data import CAMPAIGN, add_campaign
+from tests.data import CAMPAIGN, add_campaign, queue_exports
 from tests.faults import PUT_OBJECT, UPLOAD_PART, S3FaultProxy, S3Request
 from tests.reliability import (
     WorkerProcess,
@@ -32,7 +32,7 @@ from tests.reliability import (
     pid_of,
     until,
 )
-from tests.test_queue import queue_exports, seed_big_entries
+from tests.test_queue import seed_big_entries
 
 KILLS = 20
 WORKERS = 3
