@@ -62,9 +62,18 @@ def peak_rss_mb() -> float:
 
 
 def current_rss_mb() -> float:
-    with open("/proc/self/status") as status:
+    return _status_mb("self", "VmRSS")
+
+
+def process_peak_rss_mb(pid: int) -> float:
+    """Another (running) process's peak resident set size."""
+    return _status_mb(str(pid), "VmHWM")
+
+
+def _status_mb(pid: str, field: str) -> float:
+    with open(f"/proc/{pid}/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return round(int(line.split()[1]) / 1024, 1)
     return 0.0
 

@@ -99,3 +99,13 @@ class ExportLost(ExportServiceError):
     """The export was taken away from this worker (expired, deleted) while it ran."""
 
     code = "ExportLost"
+
+
+class EncoderLost(ExportServiceError):
+    """An encoder process died (killed, out of memory) under a running export.
+
+    Nothing is wrong with the export: like a lost database connection it is not failed but
+    re-queued by the sweep, and runs again with a fresh encoder process.
+    """
+
+    code = "EncoderLost"

@@ -13,6 +13,7 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from export_service import db as dbmod
+from export_service.encoding.processes import EncoderProcesses, default_processes
 from export_service.queue.repository import ExportRepository
 from export_service.queue.worker import Worker
 from export_service.settings import Settings
@@ -61,6 +62,14 @@ def dev_jwt_secret(settings: Settings) -> str:
     return path.read_text().strip()
 
 
+def encoder_processes(settings: Settings) -> EncoderProcesses | None:
+    """The worker's encoder processes (started on first use), or None to encode in-process."""
+    processes = settings.encoder_processes
+    if processes is None:
+        processes = default_processes()
+    return EncoderProcesses(processes) if processes > 0 else None
+
+
 @dataclass(slots=True)
 class Services:
     settings: Settings
@@ -69,6 +78,7 @@ class Services:
     storage: Storage
     repository: ExportRepository
     worker: Worker
+    encoders: EncoderProcesses | None
 
     @classmethod
     @asynccontextmanager
@@ -85,7 +95,12 @@ class Services:
                 if create_buckets if create_buckets is not None else settings.embedded:
                     await storage.ensure_buckets(list(settings.buckets.values()))
                 repository = ExportRepository(db, max_concurrent=settings.max_concurrent_exports)
-                worker = Worker(repository, db, storage, settings)
-                yield cls(settings, client, db, storage, repository, worker)
+                encoders = encoder_processes(settings)
+                try:
+                    worker = Worker(repository, db, storage, settings, encoders=encoders)
+                    yield cls(settings, client, db, storage, repository, worker, encoders)
+                finally:
+                    if encoders is not None:
+                        await encoders.close()
         finally:
             await client.close()

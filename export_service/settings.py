@@ -129,6 +129,13 @@ class Settings(BaseSettings):
     max_rows_per_file: int = Field(default=500_000, ge=1, description="Split point of ZIP parts.")
     reminder_sample_size: int = Field(default=100, ge=1, description="Rows per sample file.")
     batch_size: int = Field(default=2_000, ge=1, description="Cursor batch size.")
+    encoder_processes: int | None = Field(
+        default=None,
+        ge=0,
+        description="Child processes per worker that CSV-encode batches (types that have an "
+        "encoder: `entries`). Unset: one per usable CPU (none on one CPU); 0: encode in the "
+        "worker process.",
+    )
     default_region: str = Field(default="NA", description="Region of unlisted countries.")
     region_by_country: dict[str, str] = Field(
         default_factory=lambda: dict(DEFAULT_REGION_BY_COUNTRY)

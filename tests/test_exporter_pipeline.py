@@ -14,7 +14,7 @@ from typing import Any
 import bson
 import pytest
 
-from export_service.exporters import formatting as f
+from export_service.encoding import formatting as f
 from export_service.exporters.runner import run_export
 from export_service.exporters.spec import Context, ExporterSpec, Source, campaign_filter
 from export_service.models import Export, ExportStatus, ExportType, StoredFile

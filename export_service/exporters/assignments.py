@@ -5,9 +5,9 @@ Both read the same code rows and differ only in which codes they select and wher
 
 from __future__ import annotations
 
+from export_service.encoding.formatting import cell, date, text
 from export_service.errors import ExportFailed
 from export_service.exporters.contacts import close_contacts, contact_of, sorted_contacts
-from export_service.exporters.formatting import cell, date, text
 from export_service.exporters.spec import Context, Doc, ExporterSpec, Row, Source, count_source
 from export_service.models import ExportType
 from export_service.settings import BucketRole

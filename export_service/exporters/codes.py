@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from export_service.exporters.formatting import cell, date
+from export_service.encoding.formatting import cell, date
 from export_service.exporters.spec import (
     Context,
     Doc,

@@ -3,20 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from itertools import repeat
-from operator import itemgetter
-from typing import Any
 
-from export_service.exporters.formatting import (
-    Columns,
-    cell,
-    cell_column,
-    date,
-    date_column,
-    text,
-    text_column,
-    upper_column,
-)
+from export_service.encoding.entries import ADDITIONAL_MARKETS, ENTRY_COLUMNS, VALUES, EntryEncoder
+from export_service.encoding.formatting import cell, date, text
 from export_service.exporters.spec import (
     Context,
     Doc,
@@ -29,25 +18,6 @@ from export_service.exporters.spec import (
 )
 from export_service.models import ExportType
 from export_service.settings import BucketRole
-
-ENTRY_COLUMNS = (
-    "entry_id",
-    "user_id",
-    "email",
-    "first_name",
-    "last_name",
-    "phone",
-    "postal_code",
-    "country_code",
-    "locale",
-    "market_id",
-    "market_name",
-    "created_at",
-)
-
-# Where each column sits in an entries row (the market columns repeat per additional market).
-_MARKET_ID = ENTRY_COLUMNS.index("market_id")
-_MARKET_NAME = ENTRY_COLUMNS.index("market_name")
 
 
 def preference_ids(ctx: Context) -> list[str]:
@@ -83,61 +53,22 @@ _ENTRY_VALUES = (
     "$marketId",
     "$date.created",
 )
-_VALUES = "v"
 
 
 def _entry_projection(ctx: Context) -> Doc:
     answers = [field_of("fields", pid) for pid in ctx.lookups["preference_ids"]]
-    projection: Doc = {"_id": 0, _VALUES: [*_ENTRY_VALUES, *answers]}
+    projection: Doc = {"_id": 0, VALUES: [*_ENTRY_VALUES, *answers]}
     if ctx.export.include_all_markets:
-        projection["additionalMarkets"] = 1
+        projection[ADDITIONAL_MARKETS] = 1
     return projection
 
 
-def _market_names(ctx: Context, market_ids: Sequence[Any]) -> list[str]:
-    names: dict[str, str] = ctx.lookups["market_names"]
-    try:
-        return list(map(names.get, market_ids, repeat("")))
-    except TypeError:  # an unhashable market id
-        return [text(ctx.market_name(m)) for m in market_ids]
-
-
-_values = itemgetter(_VALUES)
-
-
-async def _entry_batch(ctx: Context, docs: list[Doc]) -> Sequence[tuple[str, ...]]:
-    """A batch of entries → rows, built column by column (see formatting's column helpers)."""
-    if not docs:
-        return []
-    # Documents → columns in two C-level passes.
-    ids, users, emails, first, last, phones, postal, country, locale, markets, created, *answers = (
-        zip(*map(_values, docs), strict=True)
+def _entry_encoder(ctx: Context) -> EntryEncoder:
+    return EntryEncoder(
+        market_names=ctx.lookups["market_names"],
+        include_all_markets=bool(ctx.export.include_all_markets),
+        codec_options=ctx.db.codec_options,
     )
-    columns = [
-        cell_column(ids),
-        cell_column(users),
-        cell_column(emails),
-        text_column(first),
-        text_column(last),
-        cell_column(phones),
-        text_column(postal),
-        upper_column(country),
-        text_column(locale),
-        cell_column(markets),
-        _market_names(ctx, markets),
-        date_column(created),
-        *map(text_column, answers),
-    ]
-    if not ctx.export.include_all_markets:
-        return Columns(columns)
-    # One more row per additional market, right after the entry's own.
-    out: list[tuple[str, ...]] = []
-    for doc, row in zip(docs, zip(*columns, strict=True), strict=True):
-        out.append(row)
-        for market_id in doc.get("additionalMarkets") or ():
-            name = text(ctx.market_name(market_id))
-            out.append((*row[:_MARKET_ID], cell(market_id), name, *row[_MARKET_NAME + 1 :]))
-    return out
 
 
 async def _prepare_entries(ctx: Context) -> None:
@@ -166,7 +97,7 @@ ENTRIES = ExporterSpec(
     export_type=ExportType.ENTRIES,
     source=Source("entries", campaign_filter, _entry_projection),
     columns=entry_columns,
-    transform=_entry_batch,
+    encoder=_entry_encoder,
     needs_markets=True,
     count=_count_entries,
     prepare=_prepare_entries,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
-from export_service.exporters.formatting import cell, text, upper
+from export_service.encoding.formatting import cell, text, upper
 from export_service.exporters.spec import Context, Doc, ExporterSpec, Row, campaign_filter
 from export_service.exporters.users import PerUser, user_source
 from export_service.models import ExportType

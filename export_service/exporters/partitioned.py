@@ -26,7 +26,7 @@ from typing import Any, Final
 
 from stream_zip import ZIP_64, Method, async_stream_zip
 
-from export_service.exporters.formatting import CsvEncoder
+from export_service.encoding.formatting import CsvEncoder
 from export_service.exporters.runner import SINKS
 from export_service.exporters.sinks import SinkTarget
 from export_service.exporters.spec import Context, ExporterSpec, FileNameFn, Layout, Row

@@ -30,8 +30,8 @@ from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Sequenc
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from export_service.encoding.formatting import cell, text, upper
 from export_service.errors import SfmcPrefixNotConfigured
-from export_service.exporters.formatting import cell, text, upper
 from export_service.exporters.regions import Regions
 from export_service.exporters.spec import (
     Context,

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import cast
 
 import bson
 
+from export_service.encoding.batch import BatchEncoder, EncodedBatch
+from export_service.encoding.processes import EncoderProcesses
 from export_service.errors import NoMarketsFound
 from export_service.exporters.sinks import CsvSink, Sink, SinkTarget
 from export_service.exporters.spec import Context, ExporterSpec, Layout, Source
@@ -92,6 +95,29 @@ async def _read_ahead(batches: AsyncGenerator[bytes]) -> AsyncGenerator[bytes]:
         await batches.aclose()
 
 
+async def _encoded(
+    batches: AsyncIterator[bytes], encoder: BatchEncoder, processes: EncoderProcesses | None
+) -> AsyncGenerator[EncodedBatch]:
+    """The batches encoded, in order: by `processes` with one batch more in flight than there
+    are processes (each has its next batch while the worker uploads), else here, one by one."""
+    if processes is None:
+        async for raw in batches:
+            yield encoder(raw)
+        return
+    in_flight: deque[asyncio.Task[EncodedBatch]] = deque()
+    try:
+        async for raw in batches:
+            in_flight.append(asyncio.create_task(processes.encode(encoder, raw)))
+            if len(in_flight) > processes.processes:
+                yield await in_flight.popleft()
+        while in_flight:
+            yield await in_flight.popleft()
+    finally:
+        for task in in_flight:
+            task.cancel()
+        await asyncio.gather(*in_flight, return_exceptions=True)
+
+
 async def load_markets(ctx: Context) -> None:
     cursor = ctx.db["markets"].find({"campaignId": ctx.campaign_id})
     ctx.markets = {doc["_id"]: doc async for doc in cursor}
@@ -106,10 +132,12 @@ async def run_export(
     on_progress: ProgressFn,
     sink_factory: SinkFactory = default_sink,
     read: BatchReader = read_cursor,
+    encoders: EncoderProcesses | None = None,
 ) -> tuple[list[StoredFile], int]:
     """Stream the export to S3; returns its files and row count. Cleans up on any failure.
 
-    `read` supplies each source's documents; the default is the database cursor.
+    `read` supplies each source's documents; the default is the database cursor. A spec with
+    an encoder has its batches encoded by `encoders` when given, else in this process.
     """
     if spec.needs_markets:
         await load_markets(ctx)
@@ -139,11 +167,21 @@ async def run_export(
             # Whole batches at a time: one await per batch instead of one per document. Closed
             # at once on failure, so the batch asked for ahead and the cursor go with it.
             async with contextlib.aclosing(_read_ahead(read(source, ctx))) as batches:
-                async for raw in batches:
-                    rows = await spec.transform(ctx, bson.decode_all(raw, codec_options))
-                    await sink.write(rows)
-                    rows_done += len(rows)
-                    await on_progress(rows_done)
+                if spec.encoder is not None:
+                    assert isinstance(sink, CsvSink)  # an encoder's spec has the CSV layout
+                    encoded = _encoded(batches, spec.encoder(ctx), encoders)
+                    async with contextlib.aclosing(encoded) as encoded_batches:
+                        async for batch in encoded_batches:
+                            await sink.write_encoded(batch)
+                            rows_done += batch.rows
+                            await on_progress(rows_done)
+                else:
+                    assert spec.transform is not None
+                    async for raw in batches:
+                        rows = await spec.transform(ctx, bson.decode_all(raw, codec_options))
+                        await sink.write(rows)
+                        rows_done += len(rows)
+                        await on_progress(rows_done)
             if spec.finish is not None:
                 rows = await spec.finish(ctx)
                 await sink.write(rows)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from export_service.exporters.formatting import cell
+from export_service.encoding.formatting import cell
 from export_service.exporters.spec import (
     BUCKET_OWNER_FULL_CONTROL,
     Context,

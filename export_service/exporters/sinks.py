@@ -10,7 +10,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from export_service.exporters.formatting import CsvEncoder
+from export_service.encoding.batch import EncodedBatch
+from export_service.encoding.formatting import CsvEncoder
 from export_service.models import StoredFile
 from export_service.storage import ObjectWriter, WrittenObject
 
@@ -57,12 +58,22 @@ class CsvSink:
         self._header_written = False
 
     async def write(self, rows: Sequence[Any]) -> None:
-        if not self._header_written:
-            await self._writer.write(self._encoder.header(self._target.columns))
-            self._header_written = True
+        await self._write_header()
         if rows:
             self._rows += len(rows)
             await self._writer.write(self._encoder.encode(rows))
+
+    async def write_encoded(self, batch: EncodedBatch) -> None:
+        """Rows an encoder has CSV-encoded already."""
+        await self._write_header()
+        if batch.rows:
+            self._rows += batch.rows
+            await self._writer.write(batch.data)
+
+    async def _write_header(self) -> None:
+        if not self._header_written:
+            await self._writer.write(self._encoder.header(self._target.columns))
+            self._header_written = True
 
     async def close(self) -> list[StoredFile]:
         await self.write(())

@@ -15,6 +15,7 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
+from export_service.encoding.batch import BatchEncoder
 from export_service.models import Export, ExportType
 from export_service.settings import BucketRole, Settings
 
@@ -61,6 +62,7 @@ FinishFn = Callable[[Context], Awaitable[Sequence[Any]]]
 CountFn = Callable[[Context], Awaitable[int]]
 ProjectionFn = Callable[[Context], Doc]
 SourcesFn = Callable[[Context], AsyncIterator["Source"]]
+EncoderFn = Callable[[Context], BatchEncoder]
 PartitionsFn = Callable[[Context], Sequence[Any]]
 # (partition, n) → the ZIP member name or object key of that partition's n-th file (n ≥ 1).
 FileNameFn = Callable[[Context, Any, int], str]
@@ -88,7 +90,10 @@ class ExporterSpec:
     columns: ColumnsFn
     # A batch of source documents → rows. For Layout.ZIP/OBJECTS each row is a
     # `(partition, row)` pair; the partition names the file the row goes to.
-    transform: TransformFn
+    transform: TransformFn | None = None
+    # Instead of `transform` (stateless CSV types): this run's encoder, from one raw batch
+    # straight to CSV bytes; the runner may run it in encoder processes.
+    encoder: EncoderFn | None = None
     bucket: BucketRole = BucketRole.EXPORTS
     acl: str = PRIVATE
     ccpa: bool = True
@@ -109,6 +114,12 @@ class ExporterSpec:
     file_name: FileNameFn | None = None
     max_rows_per_file: Callable[[Context], int] | None = None
     partitions: PartitionsFn | None = None
+
+    def __post_init__(self) -> None:
+        if (self.transform is None) == (self.encoder is None):
+            raise ValueError(f"{self.export_type.value}: give a transform or an encoder")
+        if self.encoder is not None and (self.layout is not Layout.CSV or self.finish is not None):
+            raise ValueError(f"{self.export_type.value}: an encoder writes one CSV, statelessly")
 
 
 def per_doc(row: Callable[[Context, Doc], Iterable[Row]]) -> TransformFn:

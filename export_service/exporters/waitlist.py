@@ -15,13 +15,13 @@ and CANCELLED waves do not exclude anyone.
 
 from __future__ import annotations
 
+from export_service.encoding.formatting import cell, text
 from export_service.exporters.contacts import (
     close_contacts,
     contact_of,
     sorted_contacts,
     user_ids,
 )
-from export_service.exporters.formatting import cell, text
 from export_service.exporters.spec import Context, Doc, ExporterSpec, Row, Source
 from export_service.models import ExportType
 

@@ -25,7 +25,14 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import ConnectionFailure, PyMongoError
 
 from export_service import metrics, telemetry
-from export_service.errors import CampaignNotFound, ExportFailed, ExportLost, ExportServiceError
+from export_service.encoding.processes import EncoderProcesses
+from export_service.errors import (
+    CampaignNotFound,
+    EncoderLost,
+    ExportFailed,
+    ExportLost,
+    ExportServiceError,
+)
 from export_service.exporters import spec_for
 from export_service.exporters.runner import run_export
 from export_service.exporters.spec import Context
@@ -52,11 +59,14 @@ class Worker:
         settings: Settings,
         *,
         worker_id: str | None = None,
+        encoders: EncoderProcesses | None = None,
     ) -> None:
         self.repository = repository
         self.db = db
         self.storage = storage
         self.settings = settings
+        # Where CSV encoding runs for types with an encoder; None: in this process.
+        self.encoders = encoders
         self.worker_id = worker_id or new_worker_id()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -337,6 +347,10 @@ class Worker:
         except ExportLost:
             log.warning("export_lost", stage="write", duration_s=seconds())
             return "lost"
+        except EncoderLost as exc:
+            # Like a lost connection below: the export is fine, it runs again.
+            log.warning("export_interrupted", error=exc.message)
+            raise
         except ExportServiceError as exc:
             if not await self.repository.fail(export.id, self.worker_id, exc.code, exc.message):
                 # Taken or deleted meanwhile (a CCPA request aborts our upload under us).
@@ -421,7 +435,12 @@ class Worker:
             )
 
         return await run_export(
-            spec, ctx, open_writer=open_writer, on_total=on_total, on_progress=on_progress
+            spec,
+            ctx,
+            open_writer=open_writer,
+            on_total=on_total,
+            on_progress=on_progress,
+            encoders=self.encoders,
         )
 
     async def _heartbeat(
