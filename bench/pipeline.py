@@ -3,9 +3,11 @@
 A recorded source replays realistic BSON batches from memory as fast as the exporter asks:
 entries made by `export_service.seed.generate`, projected the way the `entries` query projects
 them and BSON-encoded once, in batches of `batch_size`. Everything after the cursor is the real
-thing: the runner (`run_export`, with the recording as its batch reader) decodes each batch,
-builds the rows, CSV-encodes them and streams them to a moto S3 server with a multipart upload
-and sha256.
+thing: the runner (`run_export`, with the recording as its batch reader) hands each raw batch
+to its encoders, which decode it, build the rows and CSV-encode them, and streams the CSV to a
+moto S3 server with a multipart upload and sha256. `entries` runs as the worker does, with an
+encoder process per usable CPU (`encoding/processes.py`); `entries-in-process` runs the same
+encoder in the worker process (`EXPORT_SERVICE_ENCODER_PROCESSES=0`).
 
 The baseline is the straightforward exporter, written here: it reads the entries as stored
 (`fields` and `date` sub-documents, the service's projection before issue 5), with one `await`
@@ -14,12 +16,13 @@ same upload. `--variants baseline-same-input` runs that loop on the exporter's o
 instead, to separate what the projection buys from what the batch pipeline buys. Every variant
 must write byte-identical files.
 
-Each run is a child process, so its peak RSS (`ru_maxrss`) is the exporter's alone; moto runs
+Each run is a child process, so its peak RSS (`ru_maxrss`) is the exporter's alone, plus the
+peak (`VmHWM`) of each of its encoder processes, summed; its CPU time includes theirs. moto runs
 in a process of its own. The recording (`--pool` distinct entries, cycled to reach the row
 count) is held by the child, so its size is part of every run's RSS and is reported.
 
     .venv/bin/python bench/pipeline.py                     # 100 k and 1 M rows
-    .venv/bin/python bench/pipeline.py --rows 100000 --variants entries
+    .venv/bin/python bench/pipeline.py --rows 100000 --variants entries entries-in-process
 """
 
 from __future__ import annotations
@@ -445,7 +448,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--pool", type=int, default=20_000, help="distinct entries recorded")
     parser.add_argument(
-        "--variants", nargs="+", choices=sorted(VARIANTS), default=["entries", "baseline"]
+        "--variants",
+        nargs="+",
+        choices=sorted(VARIANTS),
+        default=["entries", "entries-in-process", "baseline"],
     )
     parser.add_argument("--child", nargs=4, metavar=("VARIANT", "ROWS", "RECORDING", "S3"))
     args = parser.parse_args()

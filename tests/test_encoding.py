@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from datetime import datetime
+from pathlib import Path
 
 import bson
 import pytest
@@ -20,7 +21,7 @@ from bson.codec_options import CodecOptions
 from bson.errors import InvalidBSON
 
 from export_service.encoding.entries import EntryEncoder
-from export_service.encoding.processes import EncoderProcesses
+from export_service.encoding.processes import EncoderProcesses, usable_cpus
 from export_service.errors import EncoderLost
 from export_service.models import ExportStatus, ExportType
 from export_service.runtime import Services
@@ -214,3 +215,17 @@ async def test_export_whose_encoder_dies_is_rerun_not_failed(
         assert done.attempts == 2
         assert done.count == 130 + 97
         assert not set(services.encoders.pids) & set(children)
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "expected"),
+    [("max 100000\n", None), ("100000 100000\n", 1), ("150000 100000\n", 2), ("garbage", None)],
+)
+def test_usable_cpus_follow_a_container_cpu_limit(
+    tmp_path: Path, cpu_max: str, expected: int | None
+) -> None:
+    path = tmp_path / "cpu.max"
+    path.write_text(cpu_max)
+    affinity = len(os.sched_getaffinity(0))
+    assert usable_cpus(path) == (affinity if expected is None else min(affinity, expected))
+    assert usable_cpus(tmp_path / "missing") == affinity

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import pickle
 import sys
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import structlog
 
@@ -34,17 +36,32 @@ CHILD_COMMAND = (sys.executable, "-m", "export_service.encoding.child")
 CLOSE_TIMEOUT_S = 5.0
 
 
-def usable_cpus() -> int:
+def usable_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (a container's
+    CPU limit, which the affinity does not show: a 1-CPU pod sees every core of its node)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):  # no cgroup v2 limit to read
+        pass
+    return cpus
+
+
+# Past this many children the worker's own share (reading the cursor, hashing, uploading:
+# ~1.5 us per row) is the limit, at ~600 k rows/s, and each idle child still holds ~16 MB.
+MAX_DEFAULT_PROCESSES = 4
 
 
 def default_processes() -> int:
-    """One child per usable CPU; none on a single CPU, where they would only add copying."""
+    """One child per usable CPU, at most MAX_DEFAULT_PROCESSES; none on a single CPU, where
+    they would only add copying."""
     cpus = usable_cpus()
-    return cpus if cpus > 1 else 0
+    return min(cpus, MAX_DEFAULT_PROCESSES) if cpus > 1 else 0
 
 
 @dataclass(eq=False)

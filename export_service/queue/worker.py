@@ -110,6 +110,13 @@ class Worker:
         """Loop until `shutdown()`; errors of one step are logged and the loop goes on."""
         interval = self.settings.polling_interval_millis / 1000
         log.info("worker_started", worker_id=self.worker_id)
+        if self.encoders is not None:
+            # Now rather than with the first export's first batch; if they cannot start, that
+            # export retries them (and fails with the reason).
+            try:
+                await self.encoders.start()
+            except OSError as exc:
+                log.warning("encoder_start_failed", error=f"{type(exc).__name__}: {exc}")
         while not self._stopping.is_set():
             self.last_tick = time.monotonic()
             # Cleared before the step, not after: a notify() that arrives while the step runs
