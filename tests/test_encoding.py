@@ -229,3 +229,37 @@ def test_usable_cpus_follow_a_container_cpu_limit(
     affinity = len(os.sched_getaffinity(0))
     assert usable_cpus(path) == (affinity if expected is None else min(affinity, expected))
     assert usable_cpus(tmp_path / "missing") == affinity
+
+
+def _exited(pid: int) -> bool:
+    """Gone, or a zombie waiting for whoever inherited it to reap it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
+async def test_children_do_not_outlive_a_sigkilled_worker() -> None:
+    script = (
+        "import asyncio, os, sys\n"
+        "from export_service.encoding.processes import EncoderProcesses\n"
+        "async def main():\n"
+        "    encoders = EncoderProcesses(2)\n"
+        "    await encoders.start()\n"
+        "    print('pids', *encoders.pids, flush=True)\n"
+        "    sys.stdin.readline()\n"  # held until the test has the pids
+        "asyncio.run(main())\n"
+    )
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert worker.stdout is not None
+    line = b""
+    while not line.startswith(b"pids"):  # after the log lines
+        line = await asyncio.wait_for(worker.stdout.readline(), 20)
+    children = [int(p) for p in line.split()[1:]]
+    assert len(children) == 2 and not any(map(_exited, children))
+    worker.kill()
+    await worker.wait()
+    await until("the encoder processes to exit", lambda: all(map(_exited, children)))
