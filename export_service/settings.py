@@ -133,7 +133,8 @@ class Settings(BaseSettings):
         default=None,
         ge=0,
         description="Child processes per worker that CSV-encode batches (types that have an "
-        "encoder: `entries`). Unset: one per usable CPU (none on one CPU); 0: encode in the "
+        "encoder: `entries`, `verifiedEntries`, `codes`, `scoring`). Unset: one per usable CPU "
+        "(cgroup CPU limit honoured, at most 4; none on one CPU); 0: encode in the "
         "worker process.",
     )
     default_region: str = Field(default="NA", description="Region of unlisted countries.")

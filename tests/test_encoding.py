@@ -131,6 +131,7 @@ def test_an_encoder_process_imports_no_service_dependencies() -> None:
     """What keeps a child at ~16 MB: the encoding package needs bson and the standard library."""
     probe = (
         "import sys, export_service.encoding.child, export_service.encoding.entries\n"
+        "import export_service.encoding.rows\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & "
         "{'pydantic', 'pymongo', 'aiohttp', 'aiobotocore', 'structlog', 'opentelemetry'}))"
     )

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from export_service.encoding.entries import ADDITIONAL_MARKETS, ENTRY_COLUMNS, VALUES, EntryEncoder
-from export_service.encoding.formatting import cell, date, text
+from export_service.encoding.formatting import text
+from export_service.encoding.rows import verified_entry_row
 from export_service.exporters.spec import (
     Context,
     Doc,
     ExporterSpec,
-    Row,
     Source,
     campaign_filter,
     count_source,
-    per_doc,
+    doc_rows,
 )
 from export_service.models import ExportType
 from export_service.settings import BucketRole
@@ -111,18 +111,6 @@ def _verified_filter(ctx: Context) -> Doc:
     return {"campaignId": ctx.campaign_id, "verified": True}
 
 
-def _verified_row(ctx: Context, doc: Doc) -> Iterable[Row]:
-    fields = doc.get("fields") or {}
-    yield [
-        cell(doc["_id"]),
-        cell(doc.get("userId")),
-        cell(fields.get("email")),
-        cell(fields.get("phone")),
-        cell(doc.get("marketId")),
-        date((doc.get("date") or {}).get("created")),
-    ]
-
-
 _VERIFIED_SOURCE = Source(
     "entries",
     _verified_filter,
@@ -133,7 +121,7 @@ VERIFIED_ENTRIES = ExporterSpec(
     export_type=ExportType.VERIFIED_ENTRIES,
     source=_VERIFIED_SOURCE,
     columns=lambda ctx: VERIFIED_COLUMNS,
-    transform=per_doc(_verified_row),
+    encoder=doc_rows(verified_entry_row),
     bucket=BucketRole.VF_SCORING,
     ccpa=False,
     needs_markets=True,

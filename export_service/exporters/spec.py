@@ -8,7 +8,7 @@ for all of them, so fifteen export types share one pipeline.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -16,6 +16,7 @@ from typing import Any
 from pymongo.asynchronous.database import AsyncDatabase
 
 from export_service.encoding.batch import BatchEncoder
+from export_service.encoding.rows import DocRowsEncoder, RowFn
 from export_service.models import Export, ExportType
 from export_service.settings import BucketRole, Settings
 
@@ -122,16 +123,13 @@ class ExporterSpec:
             raise ValueError(f"{self.export_type.value}: an encoder writes one CSV, statelessly")
 
 
-def per_doc(row: Callable[[Context, Doc], Iterable[Row]]) -> TransformFn:
-    """Lift a per-document row function (0..n rows each) into a batch transform."""
+def doc_rows(row: RowFn) -> EncoderFn:
+    """The encoder of a type with one row per source document, built by `row`."""
 
-    async def transform(ctx: Context, docs: list[Doc]) -> list[Row]:
-        rows: list[Row] = []
-        for doc in docs:
-            rows.extend(row(ctx, doc))
-        return rows
+    def encoder(ctx: Context) -> BatchEncoder:
+        return DocRowsEncoder(row, ctx.db.codec_options)
 
-    return transform
+    return encoder
 
 
 def campaign_filter(ctx: Context) -> Doc:
