@@ -109,3 +109,10 @@ class EncoderLost(ExportServiceError):
     """
 
     code = "EncoderLost"
+
+
+class EncoderStartFailed(ExportFailed):
+    """An encoder process could not start (a broken installation): the export fails with the
+    reason rather than being retried."""
+
+    code = "EncoderStartFailed"

@@ -22,7 +22,7 @@ from bson.errors import InvalidBSON
 
 from export_service.encoding.entries import EntryEncoder
 from export_service.encoding.processes import EncoderProcesses, usable_cpus
-from export_service.errors import EncoderLost
+from export_service.errors import EncoderLost, EncoderStartFailed
 from export_service.models import ExportStatus, ExportType
 from export_service.runtime import Services
 from tests.conftest import make_settings
@@ -264,3 +264,13 @@ async def test_children_do_not_outlive_a_sigkilled_worker() -> None:
     worker.kill()
     await worker.wait()
     await until("the encoder processes to exit", lambda: all(map(_exited, children)))
+
+
+async def test_a_child_that_cannot_start_fails_clearly() -> None:
+    broken = EncoderProcesses(1, (sys.executable, "-c", "import sys; sys.exit(3)"))
+    try:
+        with pytest.raises(EncoderStartFailed, match=r"exited \(code -?\d+\) before it was ready"):
+            await broken.encode(EntryEncoder(NAMES, False, CODEC), _raw(0, 1))
+        assert broken.pids == []
+    finally:
+        await broken.close()

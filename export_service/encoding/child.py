@@ -1,6 +1,7 @@
 """An encoder process: reads (encoder, raw batch) frames on stdin, answers on stdout.
 
-Frames are an 8-byte big-endian length and a pickle. The answer to each request, in order, is
+Frames are an 8-byte big-endian length and a pickle. The first frame out is `READY`, once the
+encoders' modules are imported; then the answer to each request, in order, is
 `("ok", EncodedBatch)` or `("error", exception)`. The process ends when stdin closes, which is
 also what happens when its worker dies, so it never outlives the worker.
 
@@ -16,6 +17,7 @@ import sys
 from typing import Any, BinaryIO
 
 HEADER = 8
+READY = b"ready"
 
 
 def frame(payload: bytes) -> bytes:
@@ -49,6 +51,12 @@ def main() -> None:
     # Answers get a descriptor of their own; anything printed goes to stderr, not into a frame.
     responses = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    # Imported before READY, so a broken installation shows at start-up, not mid-export.
+    import export_service.encoding.entries
+    import export_service.encoding.rows  # noqa: F401
+
+    responses.write(frame(READY))
+    responses.flush()
     serve(sys.stdin.buffer, responses)
 
 

@@ -20,20 +20,27 @@ import os
 import pickle
 import sys
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
 
+import export_service
 from export_service.encoding.batch import BatchEncoder, EncodedBatch
-from export_service.encoding.child import HEADER
-from export_service.errors import EncoderLost
+from export_service.encoding.child import HEADER, READY
+from export_service.errors import EncoderLost, EncoderStartFailed
 
 log = structlog.get_logger(__name__)
 
 CHILD_COMMAND = (sys.executable, "-m", "export_service.encoding.child")
+# How long a child gets to import its modules and say it is ready.
+START_TIMEOUT_S = 30.0
 # How long a child gets to finish its batch and exit after its stdin closes.
 CLOSE_TIMEOUT_S = 5.0
+# Where this package is imported from, first on the children's path: they import the same code
+# whatever the worker's working directory or installation.
+_SOURCE_ROOT = str(Path(export_service.__file__).resolve().parent.parent)
 
 
 def usable_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
@@ -76,10 +83,11 @@ class _Child:
 class EncoderProcesses:
     """N encoder child processes; `encode()` runs one batch in the least busy one."""
 
-    def __init__(self, processes: int) -> None:
+    def __init__(self, processes: int, command: Sequence[str] = CHILD_COMMAND) -> None:
         if processes < 1:
             raise ValueError("at least one encoder process")
         self.processes = processes
+        self._command = tuple(command)
         self._children: list[_Child] = []
         self._starting = asyncio.Lock()
         self._closed = False
@@ -127,14 +135,34 @@ class EncoderProcesses:
         return min(self._children, key=lambda c: len(c.waiting))
 
     async def _start(self) -> _Child:
+        path = os.pathsep.join(filter(None, (_SOURCE_ROOT, os.environ.get("PYTHONPATH"))))
         process = await asyncio.create_subprocess_exec(
-            *CHILD_COMMAND,
+            *self._command,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": path},
             # Its own session: a terminal's Ctrl-C or a process-group kill meant for the
             # worker reaches the worker, which then closes the child's stdin.
             start_new_session=True,
         )
+        stdout = process.stdout
+        assert stdout is not None
+        try:
+            async with asyncio.timeout(START_TIMEOUT_S):
+                ready = await stdout.readexactly(HEADER + len(READY))
+        except (asyncio.IncompleteReadError, TimeoutError) as exc:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            code = await process.wait()
+            why = "did not start in time" if isinstance(exc, TimeoutError) else "exited"
+            raise EncoderStartFailed(
+                f"encoder process {process.pid} {why} (code {code}) before it was ready: "
+                f"{' '.join(self._command)}; its error is on the worker's stderr"
+            ) from None
+        if ready[HEADER:] != READY:
+            process.kill()
+            await process.wait()
+            raise EncoderStartFailed(f"encoder process {process.pid} answered {ready!r}")
         child = _Child(process)
         child.reader = asyncio.create_task(self._read(child))
         log.info("encoder_started", pid=process.pid)
