@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -108,7 +109,8 @@ async def stored_export(
     status: ExportStatus = ExportStatus.FINISHED,
 ) -> str:
     """An export document written directly, with its objects really in S3."""
-    export_id = f"{campaign_id}-{export_type.value}-{len(objects)}-{utcnow().timestamp()}"
+    # Unique per call: several are written within one millisecond (utcnow() has ms precision).
+    export_id = f"{campaign_id}-{export_type.value}-{len(objects)}-{uuid.uuid4().hex[:12]}"
     files = []
     for bucket, key in objects:
         await services.storage.client.put_object(Bucket=bucket, Key=key, Body=b"a,b\r\n")
