@@ -274,3 +274,12 @@ async def test_a_child_that_cannot_start_fails_clearly() -> None:
         assert broken.pids == []
     finally:
         await broken.close()
+
+
+async def test_a_child_that_cannot_be_spawned_fails_clearly(tmp_path: Path) -> None:
+    missing = EncoderProcesses(1, (str(tmp_path / "no-such-python"), "-m", "x"))
+    try:
+        with pytest.raises(EncoderStartFailed, match=r"could not be started: .*no-such-python"):
+            await missing.encode(EntryEncoder(NAMES, False, CODEC), _raw(0, 1))
+    finally:
+        await missing.close()

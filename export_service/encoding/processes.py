@@ -136,15 +136,20 @@ class EncoderProcesses:
 
     async def _start(self) -> _Child:
         path = os.pathsep.join(filter(None, (_SOURCE_ROOT, os.environ.get("PYTHONPATH"))))
-        process = await asyncio.create_subprocess_exec(
-            *self._command,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": path},
-            # Its own session: a terminal's Ctrl-C or a process-group kill meant for the
-            # worker reaches the worker, which then closes the child's stdin.
-            start_new_session=True,
-        )
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *self._command,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                env={**os.environ, "PYTHONPATH": path},
+                # Its own session: a terminal's Ctrl-C or a process-group kill meant for the
+                # worker reaches the worker, which then closes the child's stdin.
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise EncoderStartFailed(
+                f"encoder process could not be started: {' '.join(self._command)}: {exc}"
+            ) from exc
         stdout = process.stdout
         assert stdout is not None
         try:

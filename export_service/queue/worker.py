@@ -116,7 +116,7 @@ class Worker:
             # export retries them (and fails with the reason).
             try:
                 await self.encoders.start()
-            except (OSError, EncoderStartFailed) as exc:
+            except EncoderStartFailed as exc:
                 log.warning("encoder_start_failed", error=f"{type(exc).__name__}: {exc}")
         while not self._stopping.is_set():
             self.last_tick = time.monotonic()
