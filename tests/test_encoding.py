@@ -283,3 +283,21 @@ async def test_a_child_that_cannot_be_spawned_fails_clearly(tmp_path: Path) -> N
             await missing.encode(EntryEncoder(NAMES, False, CODEC), _raw(0, 1))
     finally:
         await missing.close()
+
+
+async def test_a_garbled_answer_fails_the_batch_instead_of_hanging() -> None:
+    impostor = (
+        "import sys\n"
+        "out = sys.stdout.buffer\n"
+        "out.write((5).to_bytes(8, 'big') + b'ready'); out.flush()\n"
+        "sys.stdin.buffer.read(8)\n"  # a request arrives
+        "out.write((5).to_bytes(8, 'big') + b'xxxxx'); out.flush()\n"  # not a pickle
+        "sys.stdin.buffer.read()\n"  # until the pipe closes
+    )
+    garbled = EncoderProcesses(1, (sys.executable, "-c", impostor))
+    try:
+        with pytest.raises(EncoderLost, match="answered badly"):
+            await garbled.encode(EntryEncoder(NAMES, False, CODEC), _raw(0, 1))
+        assert garbled.pids == []
+    finally:
+        await garbled.close()

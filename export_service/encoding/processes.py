@@ -192,6 +192,10 @@ class EncoderProcesses:
         except (asyncio.IncompleteReadError, ConnectionError):
             code = await child.process.wait()
             self._lost(child, f"encoder process {child.process.pid} exited with code {code}")
+        except Exception as exc:  # a garbled answer: the stream cannot be trusted any more
+            with contextlib.suppress(ProcessLookupError):
+                child.process.kill()
+            self._lost(child, f"encoder process {child.process.pid} answered badly: {exc!r}")
 
     def _lost(self, child: _Child, message: str) -> None:
         if child.alive and not self._closed:
