@@ -19,13 +19,14 @@ from export_service import db as dbmod
 from export_service.app.factory import create_app
 from export_service.ccpa import CcpaDeletion
 from export_service.exporters import CCPA_TYPES, EXPORTERS
-from export_service.models import Export, ExportStatus, ExportType, utcnow
+from export_service.models import ExportStatus, ExportType, utcnow
 from export_service.queue.repository import CCPA_OWNER, ExportRepository, PendingUpload
 from export_service.runtime import Services
 from export_service.settings import Settings
 from tests.conftest import app_services, auth, make_settings
 from tests.data import T0, add_campaign, entry
 from tests.faults import PUT_OBJECT, S3FaultProxy, S3Request
+from tests.test_queue import BIG, Gate
 
 Client = TestClient[Any, Any]
 Doc = dict[str, Any]
@@ -358,18 +359,6 @@ async def test_s3_failure_half_way_keeps_what_is_left_for_a_rerun(
 
 
 # ---- exports running while the request runs ----------------------------------------------
-
-BIG = "x" * 110_000  # 50 such rows exceed one 5 MiB part: the upload goes multipart
-
-
-class Gate:
-    def __init__(self) -> None:
-        self.reached = asyncio.Event()
-        self.release = asyncio.Event()
-
-    async def __call__(self, export: Export, rows: int) -> None:
-        self.reached.set()
-        await self.release.wait()
 
 
 async def test_running_and_pending_exports_are_deleted_and_leave_nothing(
