@@ -45,6 +45,13 @@ class NotFound(ExportServiceError):
     code = "NotFound"
 
 
+class ExportFinished(ExportServiceError):
+    """A cancel of an export that already ended (other than by a cancel)."""
+
+    status = 409
+    code = "ExportFinished"
+
+
 class PayloadTooLarge(ExportServiceError):
     status = 413
     code = "PayloadTooLarge"
@@ -99,6 +106,13 @@ class ExportLost(ExportServiceError):
     """The export was taken away from this worker (expired, deleted) while it ran."""
 
     code = "ExportLost"
+
+
+class ExportCancelled(ExportServiceError):
+    """A user cancelled the running export: raised where the run learns it (before an object
+    is made visible), and carried out by the worker like a lost export, with clean-up."""
+
+    code = "Cancelled"
 
 
 class EncoderLost(ExportServiceError):

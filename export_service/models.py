@@ -19,6 +19,9 @@ class ExportStatus(StrEnum):
 TERMINAL_STATUSES = frozenset({ExportStatus.FINISHED, ExportStatus.FAILED, ExportStatus.EXPIRED})
 ACTIVE_STATUSES = frozenset({ExportStatus.PENDING, ExportStatus.TRIGGERED})
 
+# `error.code` of an export cancelled by a user (DESIGN §9).
+CANCELLED = "Cancelled"
+
 
 class ExportType(StrEnum):
     ENTRIES = "entries"
@@ -105,6 +108,9 @@ class Export:
     trace_context: dict[str, str] | None = None
     # The X-Request-ID of the API request that created it: bound on the worker's log lines.
     request_id: str | None = None
+    # DESIGN §9: a cancel of a TRIGGERED export is a request its worker carries out.
+    cancel_requested: bool = False
+    cancelled_by: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -130,6 +136,8 @@ class Export:
             attempts=int(doc.get("attempts", 0)),
             trace_context=doc.get("traceContext"),
             request_id=doc.get("requestId"),
+            cancel_requested=bool(doc.get("cancelRequested")),
+            cancelled_by=doc.get("cancelledBy"),
         )
 
     def to_api(self) -> dict[str, Any]:
@@ -154,4 +162,12 @@ class Export:
             body["files"] = [f.to_doc() for f in self.files]
         if self.error is not None:
             body["error"] = dict(self.error)
+        if self.cancel_requested:
+            body["cancelRequested"] = True
+        if self.cancelled_by is not None:
+            body["cancelledBy"] = self.cancelled_by
         return body
+
+    @property
+    def cancelled(self) -> bool:
+        return self.status is ExportStatus.FAILED and (self.error or {}).get("code") == CANCELLED

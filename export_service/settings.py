@@ -124,6 +124,12 @@ class Settings(BaseSettings):
     progress_interval_millis: int = Field(
         default=1_000, ge=10, description="How often a running export writes `progress.processed`."
     )
+    cancel_check_interval_millis: int = Field(
+        default=500,
+        ge=10,
+        le=1_000,
+        description="How often a running export checks MongoDB for a cancel request.",
+    )
 
     # --- Exports -------------------------------------------------------------------------
     max_rows_per_file: int = Field(default=500_000, ge=1, description="Split point of ZIP parts.")

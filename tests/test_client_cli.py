@@ -217,3 +217,24 @@ async def test_progress_is_written_every_progress_interval_while_the_export_runs
             assert done is not None and done.status is ExportStatus.FINISHED
         finally:
             await services.client.drop_database(settings.mongo_db)
+
+
+async def test_cancel_command_cancels_and_reports_a_finished_export(
+    live: Services, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await seed(live, 3)
+    await live.worker.shutdown()  # the export stays PENDING until the command cancels it
+    export, _ = await live.repository.create(
+        campaign_id=CAMPAIGN, campaign_name="Tour", export_type=ExportType.CODES,
+        requester_user_id="u", date_key=None, include_all_markets=None,
+    )  # fmt: skip
+    assert await cli("cancel", export.id, "--campaign", CAMPAIGN) == commands.EXIT_OK
+    out = capsys.readouterr().out
+    assert "FAILED" in out and "Cancelled: cancelled on request" in out
+    cancelled = await live.repository.get(export.id)
+    assert cancelled is not None and cancelled.cancelled
+    assert cancelled.cancelled_by == "admin-1"
+    assert await cli("cancel", export.id, "--campaign", CAMPAIGN, "--json") == commands.EXIT_OK
+    assert '"Cancelled"' in capsys.readouterr().out
+    assert await cli("cancel", "nope", "--campaign", CAMPAIGN) == commands.EXIT_API
+    assert "error (HTTP 404): NotFound" in capsys.readouterr().err

@@ -128,6 +128,29 @@ OPERATIONS: tuple[Operation, ...] = (
         path_params=(CAMPAIGN_ID, EXPORT_ID),
     ),
     Operation(
+        "post",
+        "/campaigns/{campaignId}/exports/{exportId}/cancel",
+        "cancelExport",
+        "exports",
+        "Cancel an export",
+        "A `PENDING` export ends `FAILED` with `error.code` `Cancelled` at once (`200`). A "
+        "`TRIGGERED` one is answered `202` with `cancelRequested: true`: its worker, in whichever "
+        "process, stops within a few seconds, removes every object it wrote, and the export ends "
+        "`FAILED` `Cancelled`; the next `PENDING` export then starts. Cancelling a cancelled "
+        "export answers `200` and changes nothing. No body.",
+        (
+            Answer(200, "Cancelled (it was `PENDING`), or already cancelled.", ExportView),
+            Answer(202, "Running: its worker stops it; poll the export.", ExportView),
+            _error(400, "Malformed campaign id."),
+            _UNAUTHORIZED,
+            _NO_REPORT,
+            _error(404, "Unknown or malformed export id, or an export of another campaign."),
+            _error(409, "The export already ended otherwise (`ExportFinished`); unchanged."),
+            _DB_DOWN,
+        ),
+        path_params=(CAMPAIGN_ID, EXPORT_ID),
+    ),
+    Operation(
         "get",
         "/campaigns/{campaignId}/exports",
         "listExports",

@@ -75,6 +75,14 @@ class ExportView(BaseModel):
         default=None, description="Signed download URL of the single file, when FINISHED."
     )
     error: ExportErrorView | None = None
+    cancelRequested: bool | None = Field(
+        default=None,
+        description="`true` once a cancel of the `TRIGGERED` export was asked for; its worker "
+        "then stops it and it ends `FAILED` `Cancelled`.",
+    )
+    cancelledBy: str | None = Field(
+        default=None, description="The `sub` of the token that cancelled the export."
+    )
 
 
 class ExportList(BaseModel):

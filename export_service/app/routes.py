@@ -18,6 +18,7 @@ from export_service.errors import (
     BadRequest,
     CampaignNotFound,
     CcpaIncomplete,
+    ExportFinished,
     NotFound,
     PayloadTooLarge,
     UnsupportedMediaType,
@@ -125,6 +126,41 @@ async def get_export(request: web.Request) -> web.Response:
     if export is None or export.campaign_id != campaign_id:
         raise NotFound(f"NotFound: export {export_id} not found")
     return web.json_response(await _export_view(services, export))
+
+
+@routes.post("/campaigns/{campaignId}/exports/{exportId}/cancel")
+async def cancel_export(request: web.Request) -> web.Response:
+    principal = _principal(request)
+    campaign_id = _campaign_id(request, principal)
+    export_id = request.match_info["exportId"]
+    services = request.app[SERVICES]
+    result = (
+        await services.repository.cancel(export_id, campaign_id, principal.sub)
+        if valid_id(export_id)
+        else None
+    )
+    if result is None:
+        raise NotFound(f"NotFound: export {export_id} not found")
+    export = result.export
+    if result.outcome == "finished":
+        raise ExportFinished(
+            f"ExportFinished: export {export_id} already ended {export.status.value}",
+            exportStatus=export.status.value,
+        )
+    if result.outcome == "requested":
+        # The worker of this process, if it runs the export, stops now; any other learns it
+        # from its next heartbeat.
+        services.worker.cancel_requested(export_id)
+    if result.outcome != "unchanged":
+        log.info(
+            "export_cancel",
+            export_id=export_id,
+            campaign_id=campaign_id,
+            export_type=export.export_type.value,
+            outcome=result.outcome,
+        )
+    status = 202 if result.outcome == "requested" else 200
+    return web.json_response(await _export_view(services, export), status=status)
 
 
 @routes.get("/campaigns/{campaignId}/exports")

@@ -88,6 +88,11 @@ class ApiClient:
         _, export = await self._call("GET", f"/campaigns/{campaign_id}/exports/{export_id}")
         return dict(export)
 
+    async def cancel(self, campaign_id: str, export_id: str) -> Export:
+        """200: cancelled (or already); 202: running, its worker stops it (`cancelRequested`)."""
+        _, export = await self._call("POST", f"/campaigns/{campaign_id}/exports/{export_id}/cancel")
+        return dict(export)
+
     async def page(
         self,
         campaign_id: str,

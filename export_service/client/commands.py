@@ -24,7 +24,7 @@ from export_service.client.api import ApiClient, ApiError, DownloadFailed, Expor
 from export_service.models import ExportStatus, ExportType
 from export_service.settings import Settings
 
-COMMANDS = ("submit", "list", "status")
+COMMANDS = ("submit", "list", "status", "cancel")
 
 EXIT_OK, EXIT_API, EXIT_EXPORT_FAILED, EXIT_DOWNLOAD, EXIT_INTERRUPTED = 0, 1, 3, 4, 130
 URL_ENV, TOKEN_ENV = "EXPORT_SERVICE_URL", "EXPORT_SERVICE_TOKEN"
@@ -63,6 +63,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     status = sub.add_parser("status", parents=[common], help="one export")
     status.add_argument("export_id", metavar="ID")
 
+    cancel = sub.add_parser(
+        "cancel", parents=[common], help="cancel a PENDING export, or stop a TRIGGERED one"
+    )
+    cancel.add_argument("export_id", metavar="ID")
+
 
 def run(args: argparse.Namespace) -> int:
     try:
@@ -93,6 +98,12 @@ async def execute(args: argparse.Namespace) -> int:
                     out.print_json(json.dumps(exports))
                 else:
                     render.show_exports(out, exports)
+                return EXIT_OK
+            if args.command == "cancel":
+                answer = await client.cancel(args.campaign, args.export_id)
+                if answer.get("cancelRequested") and answer["status"] == "TRIGGERED":
+                    err.print("cancel requested: its worker stops it within seconds")
+                _print(out, answer, args.json)
                 return EXIT_OK
             export = await client.get(args.campaign, args.export_id)
             _print(out, export, args.json)

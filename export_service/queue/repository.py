@@ -20,7 +20,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from enum import Enum
+from typing import Any, Literal
 
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, IndexModel
@@ -30,6 +31,7 @@ from pymongo.errors import DuplicateKeyError
 
 from export_service.models import (
     ACTIVE_STATUSES,
+    CANCELLED,
     TERMINAL_STATUSES,
     Export,
     ExportStatus,
@@ -102,6 +104,36 @@ class ExportUploads:
     def from_doc(cls, doc: Doc) -> ExportUploads:
         uploads = [PendingUpload.from_doc(u) for u in doc.get("uploads") or []]
         return cls(Export.from_doc(doc), uploads)
+
+
+class Beat(Enum):
+    """What a running export's heartbeat learnt. Falsy only when the export is no longer ours."""
+
+    OURS = "ours"
+    CANCEL = "cancel"  # still ours, and a user asked for it to be cancelled (DESIGN §9)
+    LOST = "lost"
+
+    def __bool__(self) -> bool:
+        return self is not Beat.LOST
+
+
+CancelOutcome = Literal["cancelled", "requested", "unchanged", "finished"]
+
+
+@dataclass(frozen=True, slots=True)
+class CancelResult:
+    """`cancelled`: was PENDING, now FAILED Cancelled; `requested`: TRIGGERED, its worker will
+    stop it; `unchanged`: already cancelled; `finished`: ended otherwise, left alone."""
+
+    export: Export
+    outcome: CancelOutcome
+
+
+# Who asked is in `cancelledBy`.
+CANCELLED_ERROR: Doc = {"code": CANCELLED, "message": "cancelled on request"}
+
+# Only a run that nobody asked to cancel may finish or go back to the queue.
+_NOT_CANCELLED: Doc = {"cancelRequested": {"$ne": True}}
 
 
 def dedupe_key(
@@ -209,6 +241,50 @@ class ExportRepository:
         )
         return [Export.from_doc(doc) async for doc in cursor]
 
+    async def cancel(self, export_id: str, campaign_id: str, by: str) -> CancelResult | None:
+        """Cancel an export of `campaign_id` (DESIGN §9); None when there is no such export.
+
+        Each step is a compare-and-set on the status it expects, so a cancel racing the claim,
+        the run's own end or a re-queue settles on exactly one outcome."""
+        mine: Doc = {"_id": export_id, "campaignId": campaign_id}
+        # Bounded: each retry means the export moved between two of our steps (claimed, or
+        # given back to the queue), and it can only move so often.
+        for _ in range(5):
+            now = utcnow()
+            result = await self._exports.update_one(
+                {**mine, "status": ExportStatus.PENDING.value},
+                {
+                    "$set": {
+                        "status": ExportStatus.FAILED.value,
+                        "date.failed": now,
+                        "error": CANCELLED_ERROR,
+                        "cancelledBy": by,
+                    },
+                    "$unset": {"dedupeKey": ""},
+                },
+            )
+            if result.modified_count == 1:
+                return await self._cancel_result(export_id, "cancelled")
+            result = await self._exports.update_one(
+                {**mine, "status": ExportStatus.TRIGGERED.value, **_NOT_CANCELLED},
+                {"$set": {"cancelRequested": True, "cancelledBy": by}},
+            )
+            if result.modified_count == 1:
+                return await self._cancel_result(export_id, "requested")
+            doc = await self._exports.find_one(mine)
+            if doc is None:
+                return None
+            export = Export.from_doc(doc)
+            if export.status is ExportStatus.TRIGGERED and export.cancel_requested:
+                return CancelResult(export, "requested")  # asked before: the same answer
+            if export.terminal:
+                return CancelResult(export, "unchanged" if export.cancelled else "finished")
+        raise RuntimeError("cancel did not settle")  # pragma: no cover
+
+    async def _cancel_result(self, export_id: str, outcome: CancelOutcome) -> CancelResult | None:
+        doc = await self._exports.find_one({"_id": export_id})
+        return CancelResult(Export.from_doc(doc), outcome) if doc else None
+
     # ---- worker side --------------------------------------------------------------------
 
     async def claim(self, worker_id: str) -> Export | None:
@@ -263,13 +339,21 @@ class ExportRepository:
             "workerId": worker_id,
         }
 
-    async def heartbeat(self, export_id: str, worker_id: str, processed: int | None = None) -> bool:
-        """Prove the worker alive; `False` means the export is no longer ours."""
+    async def heartbeat(self, export_id: str, worker_id: str, processed: int | None = None) -> Beat:
+        """Prove the worker alive, and learn whether a user cancelled the export meanwhile.
+
+        The beat matches only a run nobody asked to cancel, so the common case stays one
+        write; a cancel (rare) costs one more read to tell it from a lost export."""
         update: Doc = {"heartbeatAt": utcnow()}
         if processed is not None:
             update["progress.processed"] = processed
-        result = await self._exports.update_one(self._owned(export_id, worker_id), {"$set": update})
-        return result.matched_count == 1
+        owned = self._owned(export_id, worker_id)
+        result = await self._exports.update_one({**owned, **_NOT_CANCELLED}, {"$set": update})
+        if result.matched_count == 1:
+            return Beat.OURS
+        if await self._exports.find_one(owned, {"_id": 1}) is not None:
+            return Beat.CANCEL
+        return Beat.LOST
 
     async def set_total(self, export_id: str, worker_id: str, total: int) -> bool:
         result = await self._exports.update_one(
@@ -310,7 +394,31 @@ class ExportRepository:
             "progress.processed": count,
             "files": [f.to_doc() for f in files],
         }
-        result = await self._exports.update_one(self._owned(export_id, worker_id), update)
+        # A cancel that came first wins: the caller then removes the files it wrote.
+        result = await self._exports.update_one(
+            {**self._owned(export_id, worker_id), **_NOT_CANCELLED}, update
+        )
+        return result.modified_count == 1
+
+    async def end_cancelled(self, export_id: str, worker_id: str | None) -> bool:
+        """TRIGGERED with a cancel request → FAILED Cancelled, once its run left nothing behind.
+
+        `worker_id` None: whoever holds it (a sweep ending a dead worker's cancelled run)."""
+        now = utcnow()
+        update = self._leave_triggered(ExportStatus.FAILED, now)
+        query: Doc = {
+            "_id": export_id,
+            "status": ExportStatus.TRIGGERED.value,
+            "cancelRequested": True,
+        }
+        if worker_id:
+            query["workerId"] = worker_id
+        update["$set"] = {
+            "status": ExportStatus.FAILED.value,
+            "date.failed": now,
+            "error": CANCELLED_ERROR,
+        }
+        result = await self._exports.update_one(query, update)
         return result.modified_count == 1
 
     async def fail(self, export_id: str, worker_id: str | None, code: str, message: str) -> bool:
@@ -344,11 +452,13 @@ class ExportRepository:
         return result.modified_count == 1
 
     async def requeue(self, export_id: str, worker_id: str | None) -> bool:
-        """TRIGGERED → PENDING (shutdown or dead worker); keeps its place by `date.created`."""
+        """TRIGGERED → PENDING (shutdown or dead worker); keeps its place by `date.created`.
+
+        Never for a run a user cancelled: that one ends with `end_cancelled` instead."""
         update = self._leave_triggered(ExportStatus.PENDING, utcnow())
         update["$set"] = {"status": ExportStatus.PENDING.value, "progress": {"processed": 0}}
         update["$unset"]["date.triggered"] = ""
-        query: Doc = {"_id": export_id, "status": ExportStatus.TRIGGERED.value}
+        query: Doc = {"_id": export_id, "status": ExportStatus.TRIGGERED.value, **_NOT_CANCELLED}
         if worker_id:
             query["workerId"] = worker_id
         result = await self._exports.update_one(query, update)

@@ -30,6 +30,7 @@ from export_service.errors import (
     CampaignNotFound,
     EncoderLost,
     EncoderStartFailed,
+    ExportCancelled,
     ExportFailed,
     ExportLost,
     ExportServiceError,
@@ -38,7 +39,7 @@ from export_service.exporters import spec_for
 from export_service.exporters.runner import run_export
 from export_service.exporters.spec import Context
 from export_service.models import Export, ExportStatus, StoredFile, utcnow
-from export_service.queue.repository import CCPA_OWNER, ExportRepository, PendingUpload
+from export_service.queue.repository import CCPA_OWNER, Beat, ExportRepository, PendingUpload
 from export_service.settings import Settings
 from export_service.storage import ObjectWriter, Storage
 
@@ -77,6 +78,9 @@ class Worker:
         # mid-run without sleeping, and to observe progress.
         self.batch_hook: BatchHook | None = None
         self._ended: list[asyncio.Queue[Export]] = []
+        # Per running export: set when a user cancels it, by its heartbeat (any process's API)
+        # or at once by `cancel_requested` (this process's API).
+        self._cancels: dict[str, asyncio.Event] = {}
         self._claimed: list[asyncio.Queue[Export]] = []
         # Monotonic time of the loop's last turn: the worker's liveness probe reads it.
         self.last_tick = time.monotonic()
@@ -86,6 +90,13 @@ class Worker:
     def notify(self) -> None:
         """An export was just created in this process: claim it now, not at the next tick."""
         self._wake.set()
+
+    def cancel_requested(self, export_id: str) -> None:
+        """This process's API just recorded a cancel: stop the export now if it runs here,
+        without waiting for its next heartbeat to read it from MongoDB."""
+        event = self._cancels.get(export_id)
+        if event is not None:
+            event.set()
 
     def subscribe(self) -> asyncio.Queue[Export]:
         """A queue receiving every export this worker leaves (terminal or re-queued)."""
@@ -200,6 +211,10 @@ class Worker:
             if triggered is not None and triggered < now - timeout:
                 changed = await self.repository.expire(export.id, owner)
                 outcome = ExportStatus.EXPIRED
+            elif doc.get("cancelRequested"):
+                # Cancelled, then its worker died before carrying the cancel out.
+                changed = await self.repository.end_cancelled(export.id, owner)
+                outcome = ExportStatus.FAILED
             elif owner == CCPA_OWNER:
                 # A CCPA request took it and stopped before deleting it: it must never run
                 # again with the user's rows; a repeat of the request deletes the document.
@@ -274,11 +289,15 @@ class Worker:
         log.info("export_triggered", worker_id=self.worker_id, attempt=export.attempts)
         progress = {"rows": 0}
         lost = asyncio.Event()
-        heartbeat = asyncio.create_task(self._heartbeat(export, progress, lost))
+        cancel = self._cancels[export.id] = asyncio.Event()
+        if export.cancel_requested:
+            cancel.set()
+        heartbeat = asyncio.create_task(self._heartbeat(export, progress, lost, cancel))
         run = asyncio.create_task(self._produce(export, progress))
         try:
-            outcome = await self._supervise(export, run, lost, started)
+            outcome = await self._supervise(export, run, lost, cancel, started)
         finally:
+            self._cancels.pop(export.id, None)
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
@@ -311,12 +330,14 @@ class Worker:
         export: Export,
         run: asyncio.Task[tuple[list[StoredFile], int]],
         lost: asyncio.Event,
+        cancel: asyncio.Event,
         started: float,
     ) -> str:
-        """Wait for the run, the deadline, or the loss of the export; record the outcome.
+        """Wait for the run, the deadline, a cancel, or the loss of the export; record the outcome.
 
         Logs one event per state change: `export_finished`, `export_failed`, `export_expired`,
-        `export_requeued`, or `export_lost` when someone else took the export away.
+        `export_cancelled`, `export_requeued`, or `export_lost` when someone else took the
+        export away.
         """
 
         def seconds() -> float:
@@ -326,25 +347,35 @@ class Worker:
         deadline = timedelta(milliseconds=self.settings.timeout_millis)
         remaining = max(0.0, (triggered + deadline - utcnow()).total_seconds())
         lost_wait = asyncio.create_task(lost.wait())
+        cancel_wait = asyncio.create_task(cancel.wait())
         try:
             done, _ = await asyncio.wait(
-                {run, lost_wait}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                {run, lost_wait, cancel_wait},
+                timeout=remaining,
+                return_when=asyncio.FIRST_COMPLETED,
             )
         except asyncio.CancelledError:
             # Shutdown past its grace (or the process is going away): abort and re-queue.
             await _cancel(run)
-            await self.repository.requeue(export.id, self.worker_id)
-            log.warning("export_requeued", reason="shutdown", duration_s=seconds())
+            if await self.repository.requeue(export.id, self.worker_id):
+                log.warning("export_requeued", reason="shutdown", duration_s=seconds())
+                outcome = "requeued"
+            else:
+                # Not re-queued: a user cancelled it meanwhile, and a cancel is carried out.
+                outcome = await self._end_cancelled(export, seconds())
             if self._aborting:
-                return "requeued"
+                return outcome
             raise
         finally:
             lost_wait.cancel()
+            cancel_wait.cancel()
         if run not in done:
             await _cancel(run)
             if lost.is_set():
                 log.warning("export_lost", stage="run", duration_s=seconds())
                 return "lost"
+            if cancel.is_set():
+                return await self._end_cancelled(export, seconds())
             if not await self.repository.expire(export.id, self.worker_id):
                 log.warning("export_lost", stage="expire", duration_s=seconds())
                 return "lost"
@@ -355,6 +386,8 @@ class Worker:
         except ExportLost:
             log.warning("export_lost", stage="write", duration_s=seconds())
             return "lost"
+        except ExportCancelled:
+            return await self._end_cancelled(export, seconds())
         except EncoderLost as exc:
             # Like a lost connection below: the export is fine, it runs again.
             log.warning("export_interrupted", error=exc.message)
@@ -384,6 +417,14 @@ class Worker:
             # Expired or deleted while completing: the files must not outlive the export,
             # unless another run of it took the export over, whose files have the same keys.
             current = await self.repository.get(export.id)
+            if (
+                current is not None
+                and current.status is ExportStatus.TRIGGERED
+                and current.worker_id == self.worker_id
+                and current.cancel_requested
+            ):
+                # Cancelled just before it could finish: the cancel wins, files and all.
+                return await self._end_cancelled(export, seconds())
             if current is None or current.status not in (
                 ExportStatus.FINISHED,
                 ExportStatus.TRIGGERED,
@@ -400,6 +441,16 @@ class Worker:
             duration_s=seconds(),
         )
         return "finished"
+
+    async def _end_cancelled(self, export: Export, duration_s: float) -> str:
+        """Carry out a cancel once the run has stopped: remove every object it started or
+        completed (its recorded uploads), then end the export FAILED Cancelled."""
+        await self._clean_uploads(await self.repository.uploads(export.id))
+        if not await self.repository.end_cancelled(export.id, self.worker_id):
+            log.warning("export_lost", stage="cancel", duration_s=duration_s)
+            return "lost"
+        log.warning("export_cancelled", duration_s=duration_s)
+        return "cancelled"
 
     async def _produce(
         self, export: Export, progress: dict[str, int]
@@ -429,9 +480,12 @@ class Worker:
 
             async def still_ours() -> None:
                 # Another run of this export (after a sweep judged us dead) writes the same
-                # key: never make our object visible over its.
-                if not await self.repository.heartbeat(export.id, self.worker_id):
+                # key: never make our object visible over its. Nor one a user cancelled.
+                beat = await self.repository.heartbeat(export.id, self.worker_id)
+                if beat is Beat.LOST:
                     raise ExportLost()
+                if beat is Beat.CANCEL:
+                    raise ExportCancelled()
 
             return self.storage.writer(
                 bucket,
@@ -452,29 +506,37 @@ class Worker:
         )
 
     async def _heartbeat(
-        self, export: Export, progress: dict[str, int], lost: asyncio.Event
+        self, export: Export, progress: dict[str, int], lost: asyncio.Event, cancel: asyncio.Event
     ) -> None:
         # The beat also carries `progress.processed`: at least every progress interval, so that
-        # clients polling the export see it advance.
+        # clients polling the export see it advance; and it reads a cancel request (from any
+        # process's API) at least every cancel-check interval, so a cancel takes effect in
+        # about that time.
         interval = (
-            min(self.settings.heartbeat_interval_millis, self.settings.progress_interval_millis)
+            min(
+                self.settings.heartbeat_interval_millis,
+                self.settings.progress_interval_millis,
+                self.settings.cancel_check_interval_millis,
+            )
             / 1000
         )
         this = asyncio.current_task()
         while True:
             await asyncio.sleep(interval)
             try:
-                mine = await self.repository.heartbeat(export.id, self.worker_id, progress["rows"])
+                beat = await self.repository.heartbeat(export.id, self.worker_id, progress["rows"])
             except PyMongoError as exc:
                 # A missed beat is not fatal; the sweep only acts after heartbeat_timeout.
                 log.warning("heartbeat_failed", error=str(exc))
-                mine = True
+                beat = Beat.OURS
             if this is not None and this.cancelling():
                 # Cancelled while the driver waited for a server: Python 3.11's wait_for (used
                 # inside pymongo) can swallow the CancelledError, and this loop would then beat
                 # on forever, and the run that awaits it never end.
                 raise asyncio.CancelledError
-            if not mine:
+            if beat is Beat.CANCEL:
+                cancel.set()
+            if beat is Beat.LOST:
                 lost.set()
                 return
 
@@ -483,6 +545,7 @@ _OUTCOME_STATUS = {
     "finished": ExportStatus.FINISHED,
     "failed": ExportStatus.FAILED,
     "expired": ExportStatus.EXPIRED,
+    "cancelled": ExportStatus.FAILED,
 }
 _STATUS_EVENT = {
     ExportStatus.FINISHED: "export_finished",
