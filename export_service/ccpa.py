@@ -32,6 +32,7 @@ from typing import Any
 
 import structlog
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.read_preferences import Primary
 
 from export_service.ccpa_requests import CcpaRequests
 from export_service.errors import StorageError
@@ -130,8 +131,18 @@ class CcpaResult:
 
 
 async def associated_campaigns(db: AsyncDatabase[Doc], user_id: str) -> list[str]:
+    # The primary whatever the source read preference or the URI say: a secondary that lags
+    # would miss a campaign the user just entered, and its exports would survive the request.
+    # These are the only source reads that cannot lead with `campaignId` (finding the
+    # campaigns is the point): on a cluster sharded by campaignId each goes to every shard,
+    # served there by the user-field index; CCPA requests are rare.
     found = await asyncio.gather(
-        *(db[name].distinct("campaignId", {path: user_id}) for name, path in ASSOCIATIONS)
+        *(
+            db.get_collection(name, read_preference=Primary()).distinct(
+                "campaignId", {path: user_id}
+            )
+            for name, path in ASSOCIATIONS
+        )
     )
     return sorted({c for ids in found for c in ids if isinstance(c, str)})
 

@@ -14,6 +14,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
 from export_service.models import utcnow
+from export_service.queue.repository import queue_collection
 
 Doc = dict[str, Any]
 
@@ -24,7 +25,8 @@ CCPA_REQUEST_INDEXES = [
 
 class CcpaRequests:
     def __init__(self, db: AsyncDatabase[Doc]) -> None:
-        self._requests: AsyncCollection[Doc] = db["ccpa_requests"]
+        # Majority-durable like the queue: an audit record must survive a primary election.
+        self._requests: AsyncCollection[Doc] = queue_collection(db, "ccpa_requests")
 
     async def ensure_indexes(self) -> None:
         await self._requests.create_indexes(CCPA_REQUEST_INDEXES)

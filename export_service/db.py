@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pymongo import ASCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.monitoring import CommandListener
+from pymongo.read_preferences import (
+    Nearest,
+    Primary,
+    PrimaryPreferred,
+    Secondary,
+    SecondaryPreferred,
+)
 
 from export_service.ccpa_requests import CcpaRequests
 from export_service.queue.repository import ExportRepository
 from export_service.settings import Settings
 
 Doc = dict[str, Any]
+SourceReadPreference = Primary | PrimaryPreferred | Secondary | SecondaryPreferred | Nearest
 
 # Indexes on the source collections that the exporters' queries use. They are created at
 # start-up idempotently; on a production cluster whose sources belong to other services, the
@@ -89,17 +99,54 @@ SOURCE_INDEXES: dict[str, list[IndexModel]] = {
 EMBEDDED_CONNECT_TIMEOUT_MS = 120_000
 
 
-def connect(uri: str, settings: Settings) -> AsyncMongoClient[Doc]:
-    connect_timeout = settings.mongo_timeout_ms
+def connect(
+    uri: str, settings: Settings, *, listeners: Sequence[CommandListener] = ()
+) -> AsyncMongoClient[Doc]:
+    """The process's client. Every driver call is bounded: server selection, connect and each
+    round trip have a timeout, so no task waits on a dead server forever. `listeners` is for
+    tests that observe the commands sent (command monitoring)."""
+    connect_timeout = settings.mongo_connect_timeout_ms
     if settings.embedded:
         connect_timeout = max(connect_timeout, EMBEDDED_CONNECT_TIMEOUT_MS)
     return AsyncMongoClient(
         uri,
         serverSelectionTimeoutMS=settings.mongo_timeout_ms,
         connectTimeoutMS=connect_timeout,
+        socketTimeoutMS=settings.mongo_socket_timeout_ms,
+        maxPoolSize=settings.mongo_max_pool_size,
+        minPoolSize=settings.mongo_min_pool_size,
+        # Explicit although they are the driver's defaults: the queue's compare-and-set writes
+        # and the exporters' reads are retried once across a primary election.
+        retryWrites=True,
+        retryReads=True,
         tz_aware=False,
-        appname="export-service",
+        appname=settings.mongo_app_name,
+        event_listeners=list(listeners),
     )
+
+
+def source_read_preference(settings: Settings) -> SourceReadPreference:
+    """What every exporter read of the source collections is sent with."""
+    staleness = settings.source_max_staleness_seconds or -1
+    mode = settings.source_read_preference
+    if mode == "primary":
+        return Primary()
+    if mode == "primaryPreferred":
+        return PrimaryPreferred(max_staleness=staleness)
+    if mode == "secondary":
+        return Secondary(max_staleness=staleness)
+    if mode == "secondaryPreferred":
+        return SecondaryPreferred(max_staleness=staleness)
+    return Nearest(max_staleness=staleness)
+
+
+def source_database(client: AsyncMongoClient[Doc], settings: Settings) -> AsyncDatabase[Doc]:
+    """The database as the exporters read it: the source read preference, local read concern.
+
+    Only the exporters (cursors, counts, campaign/market/promoter lookups) go through it; the
+    `exports` collection, the outbox and CCPA's lookups always read the primary (see
+    `ExportRepository` and `ccpa`), because they decide what runs and what is deleted."""
+    return client.get_database(settings.mongo_db, read_preference=source_read_preference(settings))
 
 
 async def ensure_indexes(db: AsyncDatabase[Doc], settings: Settings) -> None:

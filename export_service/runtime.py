@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +11,7 @@ from typing import Any
 
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.monitoring import CommandListener
 
 from export_service import db as dbmod
 from export_service.encoding.processes import EncoderProcesses, default_processes
@@ -75,6 +76,8 @@ class Services:
     settings: Settings
     client: AsyncMongoClient[Doc]
     db: AsyncDatabase[Doc]
+    # The same database as the exporters read it (the source read preference).
+    source_db: AsyncDatabase[Doc]
     storage: Storage
     repository: ExportRepository
     worker: Worker
@@ -83,11 +86,16 @@ class Services:
     @classmethod
     @asynccontextmanager
     async def open(
-        cls, settings: Settings, *, create_buckets: bool | None = None
+        cls,
+        settings: Settings,
+        *,
+        create_buckets: bool | None = None,
+        listeners: Sequence[CommandListener] = (),
     ) -> AsyncIterator[Services]:
-        client = dbmod.connect(mongo_uri(settings), settings)
+        client = dbmod.connect(mongo_uri(settings), settings, listeners=listeners)
         try:
             db: AsyncDatabase[Doc] = client[settings.mongo_db]
+            source_db = dbmod.source_database(client, settings)
             await dbmod.ensure_indexes(db, settings)
             async with Storage.open(
                 settings, s3_endpoint(settings), s3_credentials(settings)
@@ -97,8 +105,10 @@ class Services:
                 repository = ExportRepository(db, max_concurrent=settings.max_concurrent_exports)
                 encoders = encoder_processes(settings)
                 try:
-                    worker = Worker(repository, db, storage, settings, encoders=encoders)
-                    yield cls(settings, client, db, storage, repository, worker, encoders)
+                    worker = Worker(repository, source_db, storage, settings, encoders=encoders)
+                    yield cls(
+                        settings, client, db, source_db, storage, repository, worker, encoders
+                    )
                 finally:
                     if encoders is not None:
                         await encoders.close()

@@ -12,11 +12,16 @@ import os
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SETTINGS_FILE_ENV = "EXPORT_SERVICE_SETTINGS_FILE"
+
+ReadPreferenceMode = Literal[
+    "primary", "primaryPreferred", "secondary", "secondaryPreferred", "nearest"
+]
 
 
 class BucketRole(StrEnum):
@@ -65,6 +70,34 @@ class Settings(BaseSettings):
         default="verifiedfan", description="Database holding sources and exports."
     )
     mongo_timeout_ms: int = Field(default=5_000, ge=100, description="Server selection timeout.")
+    mongo_connect_timeout_ms: int = Field(
+        default=10_000, ge=100, description="TCP connect timeout of a new connection."
+    )
+    mongo_socket_timeout_ms: int = Field(
+        default=300_000,
+        ge=1_000,
+        description="Upper bound on one driver round trip (a getMore of a large batch included).",
+    )
+    mongo_max_pool_size: int = Field(
+        default=50, ge=1, description="Connections per MongoDB server, per process."
+    )
+    mongo_min_pool_size: int = Field(
+        default=0, ge=0, description="Connections kept open per server while idle."
+    )
+    mongo_app_name: str = Field(
+        default="export-service", description="`appName` shown in MongoDB's logs and currentOp."
+    )
+    source_read_preference: ReadPreferenceMode = Field(
+        default="primary",
+        description="Read preference of every exporter read of the source collections "
+        "(cursors, counts, lookups); never used for `exports` or for CCPA's lookups. "
+        "`secondaryPreferred` keeps exports off the primary.",
+    )
+    source_max_staleness_seconds: int | None = Field(
+        default=None,
+        ge=90,
+        description="With a secondary read preference: skip secondaries lagging more than this.",
+    )
 
     # --- S3 ------------------------------------------------------------------------------
     s3_endpoint_url: str | None = Field(

@@ -24,10 +24,12 @@ from enum import Enum
 from typing import Any, Literal
 
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING, IndexModel
+from pymongo import ASCENDING, DESCENDING, IndexModel, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
+from pymongo.read_concern import ReadConcern
+from pymongo.read_preferences import Primary
 
 from export_service.models import (
     ACTIVE_STATUSES,
@@ -136,6 +138,29 @@ CANCELLED_ERROR: Doc = {"code": CANCELLED, "message": "cancelled on request"}
 _NOT_CANCELLED: Doc = {"cancelRequested": {"$ne": True}}
 
 
+def queue_collection(db: AsyncDatabase[Doc], name: str) -> AsyncCollection[Doc]:
+    """A collection of queue state (`exports`, the webhook outbox), whatever the URI says.
+
+    Across a primary election these keep "claimed once" and "single active" true:
+
+    * primary reads: a claim, a compare-and-set and the sweep decide on the current state, never
+      on a secondary's older copy (a URI `readPreference` must not reach them);
+    * majority read concern: a read sees only writes that survive an election, so a worker never
+      acts on a claim or a transition that a new primary rolls back;
+    * majority write concern: an acknowledged claim, heartbeat or terminal write is on a majority
+      and cannot be rolled back; with retryable writes (on, see `db.connect`) a write cut off
+      by the election is retried once on the new primary, and is applied at most once;
+    * the unique indexes (dedupe, single active slot) are enforced by the primary for every
+      write, so two claims of one slot cannot both succeed however they race.
+    """
+    return db.get_collection(
+        name,
+        read_preference=Primary(),
+        read_concern=ReadConcern("majority"),
+        write_concern=WriteConcern("majority"),
+    )
+
+
 def dedupe_key(
     campaign_id: str, export_type: ExportType, date_key: str | None, include_all: bool | None
 ) -> str:
@@ -148,7 +173,7 @@ def dedupe_key(
 class ExportRepository:
     def __init__(self, db: AsyncDatabase[Doc], *, max_concurrent: int = 1) -> None:
         self._db = db
-        self._exports: AsyncCollection[Doc] = db["exports"]
+        self._exports: AsyncCollection[Doc] = queue_collection(db, "exports")
         self._max_concurrent = max_concurrent
 
     @property
