@@ -108,6 +108,8 @@ def connect(
     connect_timeout = settings.mongo_connect_timeout_ms
     if settings.embedded:
         connect_timeout = max(connect_timeout, EMBEDDED_CONNECT_TIMEOUT_MS)
+    # Passed only when given: tests that wrap the client class add listeners of their own.
+    extra: dict[str, Any] = {"event_listeners": list(listeners)} if listeners else {}
     return AsyncMongoClient(
         uri,
         serverSelectionTimeoutMS=settings.mongo_timeout_ms,
@@ -121,7 +123,7 @@ def connect(
         retryReads=True,
         tz_aware=False,
         appname=settings.mongo_app_name,
-        event_listeners=list(listeners),
+        **extra,
     )
 
 
