@@ -54,11 +54,15 @@ async def _worker_main(settings: Settings) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         runner = asyncio.create_task(services.worker.run())
+        # Its own task: a slow receiver never holds up a claim or an export.
+        dispatcher = asyncio.create_task(services.dispatcher.run())
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        services.dispatcher.shutdown()
         await services.worker.shutdown()
         stopper.cancel()
         await runner
+        await dispatcher
 
 
 async def _seed(settings: Settings, campaign_id: str, entries: int, seed: int, fresh: bool) -> None:

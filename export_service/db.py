@@ -19,6 +19,7 @@ from pymongo.read_preferences import (
 from export_service.ccpa_requests import CcpaRequests
 from export_service.queue.repository import ExportRepository
 from export_service.settings import Settings
+from export_service.webhooks.outbox import Outbox
 
 Doc = dict[str, Any]
 SourceReadPreference = Primary | PrimaryPreferred | Secondary | SecondaryPreferred | Nearest
@@ -154,5 +155,6 @@ def source_database(client: AsyncMongoClient[Doc], settings: Settings) -> AsyncD
 async def ensure_indexes(db: AsyncDatabase[Doc], settings: Settings) -> None:
     await ExportRepository(db, max_concurrent=settings.max_concurrent_exports).ensure_indexes()
     await CcpaRequests(db).ensure_indexes()
+    await Outbox(db).ensure_indexes()
     for collection, indexes in SOURCE_INDEXES.items():
         await db[collection].create_indexes(indexes)

@@ -22,6 +22,7 @@ from prometheus_client import (
 
 from export_service.models import ACTIVE_STATUSES, TERMINAL_STATUSES, ExportType, utcnow
 from export_service.queue.repository import ExportRepository
+from export_service.webhooks.outbox import Outbox
 
 log = structlog.get_logger(__name__)
 
@@ -89,6 +90,39 @@ OLDEST_PENDING_AGE = Gauge(
     "Age of the oldest PENDING export (0 when none).",
     registry=REGISTRY,
 )
+WEBHOOKS_DELIVERED = Counter(
+    "export_service_webhooks_delivered",
+    "Webhook events a receiver acknowledged with a 2xx.",
+    ["subscription"],
+    registry=REGISTRY,
+)
+WEBHOOKS_FAILED = Counter(
+    "export_service_webhooks_failed",
+    "Webhook events given up on (webhookMaxAttempts reached, or an address refused).",
+    ["subscription"],
+    registry=REGISTRY,
+)
+WEBHOOK_RETRIES = Counter(
+    "export_service_webhook_retries",
+    "Failed webhook attempts that were scheduled again (non-2xx, timeout, connection).",
+    ["subscription"],
+    registry=REGISTRY,
+)
+WEBHOOKS_PENDING = Gauge(
+    "export_service_webhooks_pending",
+    "Webhook events not yet delivered nor given up on.",
+    registry=REGISTRY,
+)
+WEBHOOKS_RETRYING = Gauge(
+    "export_service_webhooks_retrying",
+    "Pending webhook events that have failed at least one attempt.",
+    registry=REGISTRY,
+)
+WEBHOOK_OLDEST_PENDING_AGE = Gauge(
+    "export_service_webhook_oldest_pending_age_seconds",
+    "Age of the oldest pending webhook event (0 when none).",
+    registry=REGISTRY,
+)
 
 # Every type's series exist from the start: a counter first seen at 1 hides that increment
 # from `rate()` and `increase()`.
@@ -109,10 +143,21 @@ async def refresh_queue(repository: ExportRepository) -> None:
     OLDEST_PENDING_AGE.set(max(0.0, age))
 
 
-async def exposition(repository: ExportRepository) -> bytes:
+async def refresh_webhooks(outbox: Outbox) -> None:
+    async with asyncio.timeout(2):
+        stats = await outbox.stats()
+    WEBHOOKS_PENDING.set(stats.pending)
+    WEBHOOKS_RETRYING.set(stats.retrying)
+    age = (utcnow() - stats.oldest_pending).total_seconds() if stats.oldest_pending else 0.0
+    WEBHOOK_OLDEST_PENDING_AGE.set(max(0.0, age))
+
+
+async def exposition(repository: ExportRepository, outbox: Outbox | None = None) -> bytes:
     """The Prometheus text of this process, queue gauges refreshed first when MongoDB answers."""
     try:
         await refresh_queue(repository)
+        if outbox is not None:
+            await refresh_webhooks(outbox)
     except Exception as exc:
         # A scrape answers with what the process knows; the queue gauges keep their last value.
         log.warning("metrics_queue_unavailable", error=f"{type(exc).__name__}: {exc}")

@@ -19,6 +19,9 @@ from export_service.queue.repository import ExportRepository
 from export_service.queue.worker import Worker
 from export_service.settings import Settings
 from export_service.storage import Storage
+from export_service.webhooks.delivery import Dispatcher
+from export_service.webhooks.notifier import Notifier
+from export_service.webhooks.outbox import Outbox
 
 Doc = dict[str, Any]
 
@@ -82,6 +85,11 @@ class Services:
     repository: ExportRepository
     worker: Worker
     encoders: EncoderProcesses | None
+    outbox: Outbox
+    # Every terminal transition hands the export to `notifier.ended()` (DESIGN §11).
+    notifier: Notifier
+    # Started beside the worker loop by the processes that run a worker.
+    dispatcher: Dispatcher
 
     @classmethod
     @asynccontextmanager
@@ -104,12 +112,28 @@ class Services:
                     await storage.ensure_buckets(list(settings.buckets.values()))
                 repository = ExportRepository(db, max_concurrent=settings.max_concurrent_exports)
                 encoders = encoder_processes(settings)
+                outbox = Outbox(db)
+                notifier = Notifier(repository, outbox, settings.webhooks)
+                worker = Worker(
+                    repository, source_db, storage, settings, encoders=encoders, notifier=notifier
+                )
+                dispatcher = Dispatcher(notifier, storage, settings, owner=worker.worker_id)
                 try:
-                    worker = Worker(repository, source_db, storage, settings, encoders=encoders)
                     yield cls(
-                        settings, client, db, source_db, storage, repository, worker, encoders
+                        settings,
+                        client,
+                        db,
+                        source_db,
+                        storage,
+                        repository,
+                        worker,
+                        encoders,
+                        outbox=outbox,
+                        notifier=notifier,
+                        dispatcher=dispatcher,
                     )
                 finally:
+                    await dispatcher.close()
                     if encoders is not None:
                         await encoders.close()
         finally:

@@ -14,8 +14,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from export_service.webhooks.addresses import is_public_address
+from export_service.webhooks.subscriptions import WebhookSubscription, unique_names
 
 SETTINGS_FILE_ENV = "EXPORT_SERVICE_SETTINGS_FILE"
 
@@ -185,6 +188,33 @@ class Settings(BaseSettings):
     fallback_locale: str = Field(default="en-us", description="Locale when nothing else fits.")
     sfmc_prefixes: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_SFMC_PREFIXES))
 
+    # --- Completion webhooks (DESIGN §11) -----------------------------------------------
+    webhooks: list[WebhookSubscription] = Field(
+        default_factory=list,
+        description="JSON list of `{name, url, secret, exportTypes?, campaignIds?}`; `secret` is "
+        "a Standard Webhooks secret (`whsec_` + base64 of 24..64 bytes).",
+    )
+    webhook_allow_private: bool = Field(
+        default=False, description="Allow receivers on loopback, private or link-local addresses."
+    )
+    webhook_max_attempts: int = Field(
+        default=8, ge=1, description="Attempts per event before it is FAILED."
+    )
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Upper bound on one delivery attempt."
+    )
+    webhook_backoff_seconds: list[float] = Field(
+        default_factory=lambda: [5.0, 30.0, 120.0, 600.0, 3600.0, 10800.0, 21600.0],
+        min_length=1,
+        description="Delay before retry n (the last one repeats), each with ±20 % jitter.",
+    )
+    webhook_concurrency: int = Field(
+        default=8, ge=1, description="Deliveries in flight at once per worker process."
+    )
+    webhook_poll_interval_millis: int = Field(
+        default=1_000, ge=10, description="How often an idle worker looks for due events."
+    )
+
     # --- Embedded servers ----------------------------------------------------------------
     data_dir: Path = Field(
         default=Path(".export-service"), description="Embedded servers' data directory."
@@ -210,6 +240,31 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_keys(cls, value: dict[str, str]) -> dict[str, str]:
         return {k.upper(): v for k, v in value.items()}
+
+    @field_validator("webhooks")
+    @classmethod
+    def _unique_webhooks(cls, value: list[WebhookSubscription]) -> list[WebhookSubscription]:
+        return unique_names(value)
+
+    @field_validator("webhook_backoff_seconds")
+    @classmethod
+    def _non_negative(cls, value: list[float]) -> list[float]:
+        if any(delay < 0 for delay in value):
+            raise ValueError("backoff delays must be >= 0")
+        return value
+
+    @model_validator(mode="after")
+    def _public_receivers(self) -> Settings:
+        # A literal address is refused at start; DNS names are checked at each delivery.
+        if not self.webhook_allow_private:
+            for subscription in self.webhooks:
+                address = subscription.literal_address()
+                if address is not None and not is_public_address(address):
+                    raise ValueError(
+                        f"webhook {subscription.name!r}: {address} is not a public address "
+                        "(set EXPORT_SERVICE_WEBHOOK_ALLOW_PRIVATE=true to allow it)"
+                    )
+        return self
 
     @property
     def embedded(self) -> bool:

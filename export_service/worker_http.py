@@ -51,7 +51,8 @@ async def heartbeat(request: web.Request) -> web.Response:
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    body = await metrics.exposition(request.app[SERVICES].repository)
+    services = request.app[SERVICES]
+    body = await metrics.exposition(services.repository, services.outbox)
     return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
 

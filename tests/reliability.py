@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
 
 from export_service.settings import Settings
 from export_service.storage import Storage
@@ -31,21 +31,38 @@ def worker_env(settings: Settings) -> dict[str, str]:
             continue
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
-        elif isinstance(value, dict):
-            value = json.dumps(value)
+        elif isinstance(value, dict | list):
+            value = json.dumps(_plain(value))
         env[ENV_PREFIX + name.upper()] = str(value)
     env[ENV_PREFIX + "LOG_FORMAT"] = "json"
     return env
 
 
-class WorkerProcess:
-    """`python -m export_service.cli worker` as a child process, its output in a file."""
+def _plain(value: Any) -> Any:
+    """JSON-ready settings values, secrets revealed (webhook subscriptions are models)."""
+    if isinstance(value, BaseModel):
+        return {k: _plain(getattr(value, k)) for k in value.model_fields_set}
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | set | frozenset | tuple):
+        return [_plain(v) for v in value]
+    return value
 
-    def __init__(self, settings: Settings, log_dir: Path, name: str) -> None:
+
+class WorkerProcess:
+    """`python -m export_service.cli worker` as a child process, its output in a file.
+
+    `module`: another entry point that ends in the same worker (a test seam of its own)."""
+
+    def __init__(
+        self, settings: Settings, log_dir: Path, name: str, module: str = "export_service.cli"
+    ) -> None:
         self.log_path = log_dir / f"{name}.log"
         with self.log_path.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "export_service.cli", "worker"],
+                [sys.executable, "-m", module, "worker"],
                 env=worker_env(settings),
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -22,6 +22,7 @@ from export_service.settings import Settings
 log = structlog.get_logger(__name__)
 
 WORKER_TASK = web.AppKey("worker_task", asyncio.Task[None])
+DISPATCHER_TASK = web.AppKey("dispatcher_task", asyncio.Task[None])
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -56,13 +57,16 @@ def create_app(
             app[SERVICES] = services
             if run_worker:
                 app[WORKER_TASK] = asyncio.create_task(services.worker.run())
+                app[DISPATCHER_TASK] = asyncio.create_task(services.dispatcher.run())
             yield
             if run_worker:
+                services.dispatcher.shutdown()
                 await services.worker.shutdown()
                 task = app[WORKER_TASK]
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+                await app[DISPATCHER_TASK]
 
     app.cleanup_ctx.append(services_ctx)
     app.add_routes(routes)

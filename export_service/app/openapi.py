@@ -116,7 +116,8 @@ OPERATIONS: tuple[Operation, ...] = (
         "exports",
         "Get one export",
         "When `FINISHED`, every entry of `files` carries a signed `url` and, for a single file, "
-        "`path` is its signed URL (24 h by default).",
+        "`path` is its signed URL (24 h by default). A terminal export with webhook "
+        "subscriptions lists their delivery state in `notifications`.",
         (
             Answer(200, "The export.", ExportView),
             _error(400, _BAD_ID),

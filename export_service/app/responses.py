@@ -54,6 +54,21 @@ class ExportErrorView(BaseModel):
     message: str
 
 
+class NotificationView(BaseModel):
+    """One webhook event of a terminal export (DESIGN §11)."""
+
+    model_config = _STRICT
+
+    subscription: str = Field(description="The subscription's `name` in EXPORT_SERVICE_WEBHOOKS.")
+    status: Literal["PENDING", "DELIVERED", "FAILED"] = Field(
+        description="PENDING until a receiver answers 2xx (DELIVERED) or attempts run out (FAILED)."
+    )
+    attempts: int = Field(ge=0, description="Attempts made so far.")
+    lastError: str | None = Field(
+        default=None, description="Why the last attempt failed, e.g. `HTTP 500`, `Timeout: …`."
+    )
+
+
 class ExportView(BaseModel):
     """One export as the API returns it (DESIGN §3); timestamps are ISO 8601 UTC strings."""
 
@@ -82,6 +97,10 @@ class ExportView(BaseModel):
     )
     cancelledBy: str | None = Field(
         default=None, description="The `sub` of the token that cancelled the export."
+    )
+    notifications: list[NotificationView] | None = Field(
+        default=None,
+        description="Webhook deliveries of this terminal export, one per matching subscription.",
     )
 
 

@@ -23,8 +23,10 @@ from export_service.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from export_service.models import Export, ExportStatus, ExportType, utcnow
+from export_service.models import Export, ExportType, utcnow
 from export_service.runtime import Services
+from export_service.views import signed_export
+from export_service.webhooks.outbox import WebhookEvent
 
 log = structlog.get_logger(__name__)
 
@@ -62,16 +64,15 @@ async def _json_body(request: web.Request) -> bytes:
     return body
 
 
-async def _export_view(services: Services, export: Export) -> dict[str, Any]:
-    body = export.to_api()
-    if export.status is ExportStatus.FINISHED and export.files:
-        urls = await asyncio.gather(
-            *(services.storage.presign(f.bucket, f.key) for f in export.files)
-        )
-        for entry, url in zip(body["files"], urls, strict=True):
-            entry["url"] = url
-        if len(export.files) == 1:
-            body["path"] = urls[0]
+async def _export_view(
+    services: Services, export: Export, events: list[WebhookEvent] | None = None
+) -> dict[str, Any]:
+    """`events`: the export's webhook events when the caller fetched them for a whole page."""
+    body = await signed_export(services.storage, export)
+    if events is None and export.terminal:
+        events = (await services.outbox.for_exports([export.id])).get(export.id)
+    if events:
+        body["notifications"] = [event.to_api() for event in events]
     return body
 
 
@@ -147,6 +148,9 @@ async def cancel_export(request: web.Request) -> web.Response:
             f"ExportFinished: export {export_id} already ended {export.status.value}",
             exportStatus=export.status.value,
         )
+    if result.outcome == "cancelled":
+        # Ended here, not by a worker: its webhook events go to the outbox from here too.
+        await services.notifier.ended(export)
     if result.outcome == "requested":
         # The worker of this process, if it runs the export, stops now; any other learns it
         # from its next heartbeat.
@@ -180,7 +184,10 @@ async def list_exports(request: web.Request) -> web.Response:
         limit=query.limit,
         offset=query.offset,
     )
-    views = await asyncio.gather(*(_export_view(services, e) for e in exports))
+    events = await services.outbox.for_exports([e.id for e in exports if e.terminal])
+    views = await asyncio.gather(
+        *(_export_view(services, e, events.get(e.id, [])) for e in exports)
+    )
     return web.json_response({"exports": list(views), "limit": query.limit, "offset": query.offset})
 
 
@@ -232,5 +239,6 @@ async def ready(request: web.Request) -> web.Response:
 
 @routes.get("/metrics")
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    body = await metrics.exposition(request.app[SERVICES].repository)
+    services = request.app[SERVICES]
+    body = await metrics.exposition(services.repository, services.outbox)
     return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})

@@ -68,6 +68,12 @@ EXPORT_INDEXES = [
         [("campaignId", ASCENDING), ("date.created", DESCENDING), ("_id", DESCENDING)],
         name="campaign_newest",
     ),
+    # Terminal exports whose webhook events are not yet in the outbox (a handful at most).
+    IndexModel(
+        [("notified", ASCENDING)],
+        name="unnotified",
+        partialFilterExpression={"notified": False},
+    ),
 ]
 
 
@@ -177,6 +183,10 @@ class ExportRepository:
         self._max_concurrent = max_concurrent
 
     @property
+    def database(self) -> AsyncDatabase[Doc]:
+        return self._db
+
+    @property
     def collection(self) -> AsyncCollection[Doc]:
         return self._exports
 
@@ -279,12 +289,9 @@ class ExportRepository:
             result = await self._exports.update_one(
                 {**mine, "status": ExportStatus.PENDING.value},
                 {
-                    "$set": {
-                        "status": ExportStatus.FAILED.value,
-                        "date.failed": now,
-                        "error": CANCELLED_ERROR,
-                        "cancelledBy": by,
-                    },
+                    "$set": self.ending(
+                        ExportStatus.FAILED, now, {"error": CANCELLED_ERROR, "cancelledBy": by}
+                    ),
                     "$unset": {"dedupeKey": ""},
                 },
             )
@@ -401,6 +408,32 @@ class ExportRepository:
         doc = await self._exports.find_one({"_id": export_id}, {"uploads": 1})
         return [PendingUpload.from_doc(u) for u in (doc or {}).get("uploads") or []]
 
+    @staticmethod
+    def ending(status: ExportStatus, now: datetime, values: Doc) -> Doc:
+        """The `$set` of every write that makes an export terminal (every path must use it).
+
+        `notified: False` is written in the same update as the terminal status: it marks the
+        export as owing its webhook events until they are in the outbox (`mark_notified`), so
+        a process dying between the two writes leaves a trace that any worker's recovery
+        (`unnotified`) finds."""
+        return {
+            "status": status.value,
+            f"date.{status.value.lower()}": now,
+            "notified": False,
+            **values,
+        }
+
+    async def mark_notified(self, export_id: str) -> None:
+        """The export's webhook events are in the outbox."""
+        await self._exports.update_one(
+            {"_id": export_id, "notified": False}, {"$unset": {"notified": ""}}
+        )
+
+    async def unnotified(self, limit: int = 100) -> list[Export]:
+        """Terminal exports whose webhook events may not be in the outbox yet."""
+        cursor = self._exports.find({"notified": False}, hint="unnotified").limit(limit)
+        return [Export.from_doc(doc) async for doc in cursor]
+
     def _leave_triggered(self, status: ExportStatus, now: datetime) -> Doc:
         unset = {"slot": "", "workerId": "", "heartbeatAt": "", "uploads": ""}
         if status is not ExportStatus.PENDING:
@@ -412,13 +445,15 @@ class ExportRepository:
     ) -> bool:
         now = utcnow()
         update = self._leave_triggered(ExportStatus.FINISHED, now)
-        update["$set"] = {
-            "status": ExportStatus.FINISHED.value,
-            "date.finished": now,
-            "count": count,
-            "progress.processed": count,
-            "files": [f.to_doc() for f in files],
-        }
+        update["$set"] = self.ending(
+            ExportStatus.FINISHED,
+            now,
+            {
+                "count": count,
+                "progress.processed": count,
+                "files": [f.to_doc() for f in files],
+            },
+        )
         # A cancel that came first wins: the caller then removes the files it wrote.
         result = await self._exports.update_one(
             {**self._owned(export_id, worker_id), **_NOT_CANCELLED}, update
@@ -438,22 +473,16 @@ class ExportRepository:
         }
         if worker_id:
             query["workerId"] = worker_id
-        update["$set"] = {
-            "status": ExportStatus.FAILED.value,
-            "date.failed": now,
-            "error": CANCELLED_ERROR,
-        }
+        update["$set"] = self.ending(ExportStatus.FAILED, now, {"error": CANCELLED_ERROR})
         result = await self._exports.update_one(query, update)
         return result.modified_count == 1
 
     async def fail(self, export_id: str, worker_id: str | None, code: str, message: str) -> bool:
         now = utcnow()
         update = self._leave_triggered(ExportStatus.FAILED, now)
-        update["$set"] = {
-            "status": ExportStatus.FAILED.value,
-            "date.failed": now,
-            "error": {"code": code, "message": message},
-        }
+        update["$set"] = self.ending(
+            ExportStatus.FAILED, now, {"error": {"code": code, "message": message}}
+        )
         query = (
             self._owned(export_id, worker_id)
             if worker_id
@@ -465,11 +494,11 @@ class ExportRepository:
     async def expire(self, export_id: str, worker_id: str | None) -> bool:
         now = utcnow()
         update = self._leave_triggered(ExportStatus.EXPIRED, now)
-        update["$set"] = {
-            "status": ExportStatus.EXPIRED.value,
-            "date.expired": now,
-            "error": {"code": "Timeout", "message": "export ran longer than timeoutMillis"},
-        }
+        update["$set"] = self.ending(
+            ExportStatus.EXPIRED,
+            now,
+            {"error": {"code": "Timeout", "message": "export ran longer than timeoutMillis"}},
+        )
         query: Doc = {"_id": export_id, "status": ExportStatus.TRIGGERED.value}
         if worker_id:
             query["workerId"] = worker_id

@@ -42,6 +42,8 @@ from export_service.models import Export, ExportStatus, StoredFile, utcnow
 from export_service.queue.repository import CCPA_OWNER, Beat, ExportRepository, PendingUpload
 from export_service.settings import Settings
 from export_service.storage import ObjectWriter, Storage
+from export_service.webhooks.notifier import Notifier
+from export_service.webhooks.outbox import Outbox
 
 log = structlog.get_logger(__name__)
 
@@ -62,8 +64,13 @@ class Worker:
         *,
         worker_id: str | None = None,
         encoders: EncoderProcesses | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.repository = repository
+        # Given every export this worker (or its sweep) ends, before the end is reported.
+        self.notifier = notifier or Notifier(
+            repository, Outbox(repository.database), settings.webhooks
+        )
         self.db = db
         self.storage = storage
         self.settings = settings
@@ -248,7 +255,15 @@ class Worker:
             else:
                 metrics.EXPORTS_ENDED.labels(export.export_type.value, outcome.value).inc()
                 swept_log.warning(_STATUS_EVENT[outcome], attempts=export.attempts)
+                await self._notify(export.id)
         return swept
+
+    async def _notify(self, export: Export | str) -> None:
+        """Put the webhook events of an export we ended into the outbox."""
+        if isinstance(export, str):
+            await self.notifier.ended_id(export)
+        else:
+            await self.notifier.ended(export)
 
     async def _clean_uploads(self, uploads: list[PendingUpload]) -> None:
         for upload in uploads:
@@ -319,6 +334,8 @@ class Worker:
                 span.set_attribute("export.bytes", sum(f.bytes for f in final.files))
             if final.error:
                 span.set_attribute("export.error_code", final.error.get("code", ""))
+            if final.terminal:
+                await self._notify(final)
             for queue in self._ended:
                 queue.put_nowait(final)
         if outcome in ("failed", "expired"):
