@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -21,13 +22,15 @@ from pymongo import AsyncMongoClient, monitoring
 
 from export_service import db as dbmod
 from export_service.exporters import EXPORTERS
-from export_service.models import ExportStatus, ExportType
+from export_service.models import ExportStatus, ExportType, utcnow
 from export_service.queue.repository import ExportRepository
 from export_service.queue.worker import Worker
 from export_service.runtime import s3_credentials, s3_endpoint
 from export_service.seed import SeedPlan, seed
 from export_service.settings import Settings
 from export_service.storage import Storage
+from export_service.webhooks.notifier import Notifier
+from export_service.webhooks.outbox import Outbox
 
 Doc = dict[str, Any]
 CAMPAIGN = "plans-campaign"
@@ -197,6 +200,12 @@ async def test_every_queue_and_exporter_query_uses_an_index(
         # Worker side: sweep, claim, run every exporter, record the outcome.
         done = await worker.drain()
         await worker.sweep()
+        # Webhook outbox: recovery, due events, the export views' lookup, the metrics.
+        outbox = Outbox(db)
+        await Notifier(repository, outbox, []).recover()
+        await outbox.claim_due(utcnow(), 8, timedelta(seconds=70), "plans")
+        await outbox.for_exports([e.id for e in done])
+        await outbox.stats()
         recorder.on = False
 
     assert {e.export_type for e in done} == set(EXPORTERS)

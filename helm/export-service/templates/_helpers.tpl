@@ -182,6 +182,13 @@ Usage: include "export-service.env" (dict "root" $ "component" "api" "values" .V
       key: {{ $aws.sessionTokenKey }}
 {{- end }}
 {{- end }}
+{{- if $v.secrets.webhooks.enabled }}
+- name: EXPORT_SERVICE_WEBHOOKS
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "export-service.secretName" (dict "root" $root "ref" $v.secrets.webhooks) }}
+      key: {{ required "secrets.webhooks.key is required" $v.secrets.webhooks.key }}
+{{- end }}
 {{- with $v.extraEnv }}
 {{ toYaml . }}
 {{- end }}
