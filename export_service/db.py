@@ -39,18 +39,6 @@ SOURCE_INDEXES: dict[str, list[IndexModel]] = {
             ],
             name="campaign_user_created_id",
         ),
-        # Reminder types: the entries of one (countryCode, locale) value pair, user by user.
-        IndexModel(
-            [
-                ("campaignId", ASCENDING),
-                ("countryCode", ASCENDING),
-                ("locale", ASCENDING),
-                ("userId", ASCENDING),
-                ("date.created", ASCENDING),
-                ("_id", ASCENDING),
-            ],
-            name="campaign_country_locale_user_created_id",
-        ),
         # CCPA: the campaigns one user entered (covered: distinct campaignId for a userId).
         IndexModel([("userId", ASCENDING), ("campaignId", ASCENDING)], name="user_campaign"),
     ],

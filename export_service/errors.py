@@ -102,6 +102,12 @@ class StorageError(ExportFailed):
     code = "StorageError"
 
 
+class SpoolDiskFull(ExportFailed):
+    """The local disk (or `SPOOL_MAX_BYTES`) has no room for a partitioned export's spool."""
+
+    code = "SpoolDiskFull"
+
+
 class ExportLost(ExportServiceError):
     """The export was taken away from this worker (expired, deleted) while it ran."""
 

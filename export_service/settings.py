@@ -9,6 +9,7 @@ variables.
 from __future__ import annotations
 
 import os
+import tempfile
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
@@ -178,6 +179,17 @@ class Settings(BaseSettings):
         "encoder: `entries`, `verifiedEntries`, `codes`, `scoring`). Unset: one per usable CPU "
         "(cgroup CPU limit honoured, at most 4; none on one CPU); 0: encode in the "
         "worker process.",
+    )
+    spool_dir: Path = Field(
+        default_factory=lambda: Path(tempfile.gettempdir()) / "export-service-spool",
+        description="Where partitioned exports (reminder, promoter types) spool their rows, one "
+        "directory per running export; leftovers of a dead worker are removed at worker start.",
+    )
+    spool_max_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description="Largest spool of one export (compressed bytes); passing it fails the export "
+        "with SpoolDiskFull, like a full disk. Unset: bounded by the disk only.",
     )
     default_region: str = Field(default="NA", description="Region of unlisted countries.")
     region_by_country: dict[str, str] = Field(

@@ -15,6 +15,7 @@ import zipfile
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +27,9 @@ from export_service.runtime import Services
 from export_service.settings import Settings
 from tests.conftest import make_settings
 from tests.data import CAMPAIGN, T0, add_campaign, download, entry, run_export
+from tests.faults import PUT_OBJECT, UPLOAD_PART, S3Request
+from tests.reliability import multipart_uploads, object_keys
+from tests.test_reliability_s3 import proxied
 
 Doc = dict[str, Any]
 OpenServices = Callable[..., Awaitable[Services]]
@@ -264,7 +268,7 @@ async def test_reminder_email_zip_members_rows_and_split(services: Services) -> 
     assert {p: sorted_rows(r) for p, r in grouped.items()} == {
         p: sorted_rows(r) for p, r in EXPECTED_REMINDERS.items()
     }
-    # Counted up front by the plan, exactly.
+    # The total, known once the one pass is over, is exact.
     assert done.count == 15
     assert done.progress == {"total": 15, "processed": 15}
 
@@ -493,7 +497,8 @@ async def test_promoter_email_opt_in_one_member_per_promoter(services: Services)
         f"{P3}.csv": [OPTIN_HEADER],
     }
     assert done.count == 7
-    assert "total" not in done.progress  # ZIP types may skip the count (DESIGN §5)
+    # No count up front; the total is known once the one pass is over (DESIGN §15).
+    assert done.progress == {"total": 7, "processed": 7}
 
 
 async def test_promoters_not_found_for_a_dangling_promoter(services: Services) -> None:
@@ -531,53 +536,53 @@ async def test_no_markets_found(services: Services, export_type: ExportType) -> 
 # ---- failures leave nothing behind --------------------------------------------------------
 
 
-async def test_failed_zip_export_aborts_its_started_upload(services_with: OpenServices) -> None:
-    # One row per batch, each ~1 MB of incompressible text, so that the archive passes one
-    # S3 part (5 MiB) and a multipart upload is under way when the run fails.
-    services: Services = await services_with(batch_size=1)
-    await add_campaign(services.db)
-    big = [
-        reminder_entry(
-            f"e{i:02d}", f"u{i:02d}", first_name=base64.b64encode(os.urandom(750_000)).decode()
-        )
-        for i in range(20)
-    ]
-    await services.db["entries"].insert_many(big)
-    bucket = services.settings.bucket_exports
-    seen_upload: list[str] = []
-
-    async def fail_once_uploading(export: Export, rows: int) -> None:
-        if not seen_upload:
-            seen_upload.extend(await uploads_in(services, bucket))
-        if seen_upload:
-            raise RuntimeError("boom")
-
-    services.worker.batch_hook = fail_once_uploading
-    done = await run(services, ExportType.REMINDER_EMAIL)
-    assert seen_upload == [f"{CAMPAIGN}/reminderEmail/{done.id}.zip"]
-    assert done.status is ExportStatus.FAILED
-    assert await uploads_in(services, bucket) == []
-    assert await keys_in(services, bucket) == []
+async def test_failed_zip_export_aborts_its_started_upload(
+    mongo_uri: str, s3_endpoint: str, tmp_path: Path
+) -> None:
+    # Each row ~1 MB of incompressible text, so that the archive passes one S3 part (5 MiB)
+    # and a multipart upload is under way when S3 refuses its part.
+    async with proxied(mongo_uri, s3_endpoint, spool_dir=tmp_path) as env:
+        services = env.services
+        await add_campaign(services.db)
+        big = [
+            reminder_entry(
+                f"e{i:02d}", f"u{i:02d}", first_name=base64.b64encode(os.urandom(750_000)).decode()
+            )
+            for i in range(20)
+        ]
+        await services.db["entries"].insert_many(big)
+        denied = env.proxy.fail_always(403, "AccessDenied", match=UPLOAD_PART)
+        done = await run(services, ExportType.REMINDER_EMAIL)
+        assert done.status is ExportStatus.FAILED
+        assert done.error is not None and done.error["code"] == "StorageError"
+        assert denied.injected == 1  # the upload was under way
+        assert await env.leftovers() == ([], [])
+        assert list(tmp_path.iterdir()) == []  # nor a spool
 
 
-async def test_failed_objects_export_deletes_completed_objects(services_with: OpenServices) -> None:
-    services: Services = await services_with(batch_size=1)
-    await add_campaign(services.db)
-    await services.db["entries"].insert_many(REMINDER_DATA)
-    sfmc = services.settings.bucket_sfmc
-    completed: list[str] = []
+async def test_failed_objects_export_deletes_completed_objects(
+    mongo_uri: str, s3_endpoint: str, tmp_path: Path
+) -> None:
+    async with proxied(mongo_uri, s3_endpoint, spool_dir=tmp_path) as env:
+        services = env.services
+        await add_campaign(services.db)
+        await services.db["entries"].insert_many(REMINDER_DATA)
+        sfmc = services.settings.bucket_sfmc
+        puts: list[str] = []
 
-    async def fail_after_two_objects(export: Export, rows: int) -> None:
-        completed[:] = await keys_in(services, sfmc)
-        if len(completed) >= 2:
-            raise RuntimeError("boom")
+        def third_put(request: S3Request) -> bool:
+            if request.operation != PUT_OBJECT or f"/{sfmc}/" not in request.path:
+                return False
+            puts.append(request.path)
+            return len(puts) == 3
 
-    services.worker.batch_hook = fail_after_two_objects
-    done = await run(services, ExportType.AUTO_REMINDER_EMAIL)
-    assert done.status is ExportStatus.FAILED
-    assert len(completed) == 2
-    assert await keys_in(services, sfmc) == []
-    assert await uploads_in(services, sfmc) == []
+        env.proxy.fail_always(403, "AccessDenied", match=third_put)
+        done = await run(services, ExportType.AUTO_REMINDER_EMAIL)
+        assert done.status is ExportStatus.FAILED
+        assert len(puts) == 3  # two objects were complete when the third one failed
+        assert await object_keys(env.direct, sfmc) == []
+        assert await multipart_uploads(env.direct, sfmc) == []
+        assert list(tmp_path.iterdir()) == []
 
 
 # ---- a generated campaign against an independent computation ------------------------------

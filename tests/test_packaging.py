@@ -145,6 +145,21 @@ def test_api_probes_and_security(rendered: dict[str, list[dict[str, Any]]]) -> N
     assert api["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
 
 
+def test_worker_spools_to_a_sized_empty_dir(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["default.yaml"]
+    dep = _deployment(docs, "worker")
+    pod = dep["spec"]["template"]["spec"]
+    container = _container(dep)
+    (configmap,) = _by_kind(docs, "ConfigMap")
+    env = configmap["data"]
+    spool_dir = env["EXPORT_SERVICE_SPOOL_DIR"]
+    assert {"name": "spool", "mountPath": spool_dir} in container["volumeMounts"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "spool"]
+    assert volume["emptyDir"]["sizeLimit"] == "8Gi"
+    # Below the size limit: the export fails with SpoolDiskFull before the pod is evicted.
+    assert int(env["EXPORT_SERVICE_SPOOL_MAX_BYTES"]) < 8 * 1024**3
+
+
 def test_configmap_holds_only_known_non_secret_settings(
     rendered: dict[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,16 +1,19 @@
-"""Sinks for partitioned exports: a ZIP of CSVs, or one CSV object per file (DESIGN §6).
+"""Sinks for partitioned exports: a ZIP of CSVs, or one CSV object per file (DESIGN §6, §15).
 
-Rows arrive as `(partition, row)` pairs, partition by partition: a ZIP member must be written in
-one go, and so is an object when only one part may be held in memory. The specs read their
-source partition by partition to make that true (see `reminders.py`, `promoters.py`); the sink
-checks it and fails loudly rather than writing a wrong file. Each partition becomes files named
-by the spec, `n` = 1, 2, … split every `max_rows_per_file` rows, each with the header.
+Rows arrive as `(partition, row)` pairs in any order: the specs read their source once, in
+user order, and say which partition each row belongs to. The sink assigns each row to its file
+as it arrives (`n` = 1, 2, … split every `max_rows_per_file` rows of a partition) and spools it
+(`spool.py`); once the source is read, it writes the files one after the other from the spool,
+each with the header: the declared partitions (`ExporterSpec.partitions`) in their order, with a
+header-only file when they had no rows, otherwise the partitions in sorted order. Within a file,
+rows keep the order they arrived in. Memory: the rows not yet spooled (`_PENDING_BYTES` at
+most, whatever the number of partitions) and one spooled chunk on its way out.
 
 The ZIP is built by stream-zip, whose API is synchronous and pulls member bytes: its
-`async_stream_zip` runs the zipping in a thread and asks the event loop for each chunk. Rows are
-pushed in through a small bounded queue, and the zipped bytes go straight to the multipart
-writer, so an export of any size holds a few hundred KiB of CSV plus the S3 parts in flight.
-Members are always ZIP64 (sizes are unknown when a member starts, and big exports pass 4 GiB).
+`async_stream_zip` runs the zipping in a thread and asks the event loop for each chunk. Chunks
+are pushed in through a small bounded queue, and the zipped bytes go straight to the multipart
+writer. Members are always ZIP64 (sizes are unknown when a member starts, and big exports pass
+4 GiB).
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import contextlib
 import stat
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections import defaultdict
+from collections.abc import AsyncIterable, AsyncIterator, Hashable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -30,26 +35,46 @@ from export_service.encoding.formatting import CsvEncoder
 from export_service.exporters.runner import SINKS
 from export_service.exporters.sinks import SinkTarget
 from export_service.exporters.spec import Context, ExporterSpec, FileNameFn, Layout, Row
+from export_service.exporters.spool import Spool
 from export_service.models import StoredFile, utcnow
 from export_service.storage import ObjectWriter
 
 CSV_TYPE: Final = "text/csv; charset=utf-8"
 ZIP_TYPE: Final = "application/zip"
 
-# CSV chunks waiting for the zipping thread; each is one encoded batch (~100 KiB at the
-# default batch size), so this bounds the rows in flight between the cursor and S3.
+# Chunks waiting for the zipping thread, so this bounds the bytes in flight towards S3.
 _QUEUE_ITEMS: Final = 4
 # stream-zip hands over the archive in pieces of this size; one thread hop each.
 _ZIP_CHUNK: Final = 256 * 1024
 _MEMBER_MODE: Final = stat.S_IFREG | 0o644
+# A file's encoded rows go to the spool once they reach `_CHUNK_BYTES`, and every file's once
+# all of them together pass `_PENDING_BYTES`: memory stays flat however many files there are,
+# and chunks stay big enough to compress well.
+_CHUNK_BYTES: Final = 128 * 1024
+_PENDING_BYTES: Final = 2 * 1024 * 1024
 
 
-class OutOfOrder(RuntimeError):
-    """A spec sent rows of a partition after leaving it: a bug, never a data problem."""
+class UndeclaredPartition(RuntimeError):
+    """A spec with declared partitions sent a row of another one: a bug, never a data problem."""
+
+
+class DuplicateFileName(RuntimeError):
+    """A spec's `file_name` gave two files the same name: a bug, never a data problem."""
+
+
+@dataclass(slots=True)
+class _File:
+    partition: Any
+    n: int
+    rows: int = 0
+
+    @property
+    def key(self) -> Hashable:
+        return (self.n, self.partition)
 
 
 class PartitionedSink(ABC):
-    """Splits `(partition, row)` pairs into files; subclasses store the files."""
+    """Spools `(partition, row)` pairs by file, then stores the files; subclasses store them."""
 
     def __init__(self, spec: ExporterSpec, ctx: Context, target: SinkTarget) -> None:
         if spec.file_name is None:
@@ -58,20 +83,16 @@ class PartitionedSink(ABC):
         self._target = target
         self._file_name: FileNameFn = spec.file_name
         self._cap = spec.max_rows_per_file(ctx) if spec.max_rows_per_file is not None else None
-        # Partitions that get a file even without rows, and where each one is in that order.
-        self._declared = list(spec.partitions(ctx)) if spec.partitions is not None else []
-        self._declared_at = {p: i for i, p in enumerate(self._declared)}
-        self._next_declared = 0
+        # Partitions that get a file even without rows, in the order they are written.
+        self._declared = list(spec.partitions(ctx)) if spec.partitions is not None else None
+        self._allowed = set(self._declared) if self._declared is not None else None
         self._encoder = CsvEncoder()
         self._header = self._encoder.header(target.columns)
-        self._left: set[Any] = set()
-        self._names: set[str] = set()
-        self._partition: Any = None
-        self._in_partition = False
-        self._n = 0
-        self._file_open = False
-        self._file_rows = 0
-        self._pending: list[Row] = []
+        # partition → its files so far, the last one being filled.
+        self._routed: dict[Any, list[_File]] = {}
+        self._pending: dict[Hashable, bytearray] = {}
+        self._pending_bytes = 0
+        self._spool: Spool | None = None
         self.rows = 0
 
     # ---- what subclasses store ------------------------------------------------------------
@@ -89,82 +110,105 @@ class PartitionedSink(ABC):
     async def _finish(self) -> list[StoredFile]: ...
 
     @abstractmethod
-    async def abort(self) -> None: ...
+    async def _abort(self) -> None: ...
 
     # ---- the Sink protocol ----------------------------------------------------------------
 
+    @property
+    def spool_bytes(self) -> int:
+        """Bytes the spool holds on disk now (0 before the first row and after the end)."""
+        return self._spool.size if self._spool is not None else 0
+
     async def write(self, rows: Sequence[Any]) -> None:
+        if self._spool is None:
+            # At the first batch, inside the runner's clean-up: a run that writes (or fails)
+            # from here on removes its spool.
+            settings = self._ctx.settings
+            self._spool = Spool(
+                settings.spool_dir, self._ctx.export.id, max_bytes=settings.spool_max_bytes
+            )
+        by_file: dict[Hashable, list[Row]] = defaultdict(list)
         for partition, row in rows:
-            if not self._in_partition or partition != self._partition:
-                await self._enter(partition)
-            elif self._file_rows == self._cap:
-                await self._next_file()
-            self._pending.append(row)
-            self._file_rows += 1
+            by_file[self._file_for(partition).key].append(row)
         self.rows += len(rows)
-        await self._flush()
+        for key, file_rows in by_file.items():
+            data = self._encoder.encode(file_rows)
+            pending = self._pending.get(key)
+            if pending is None:
+                pending = self._pending[key] = bytearray()
+            pending += data
+            self._pending_bytes += len(data)
+            if len(pending) >= _CHUNK_BYTES:
+                self._spool_pending(key)
+        if self._pending_bytes > _PENDING_BYTES:
+            for key in list(self._pending):
+                self._spool_pending(key)
 
     async def close(self) -> list[StoredFile]:
-        await self._flush()
-        await self._end_file()
-        await self._empty_until(len(self._declared))
-        return await self._finish()
+        try:
+            for key in list(self._pending):
+                self._spool_pending(key)
+            # Every name before any byte is stored: a name that cannot be made (a region
+            # without SFMC prefix) fails the export with nothing written.
+            plan = [(self._name(f), f) for f in self._ordered_files()]
+            names = [name for name, _ in plan]
+            if len(set(names)) != len(names):
+                raise DuplicateFileName(f"two files would have the same name among {names}")
+            for name, file in plan:
+                await self._open(name)
+                await self._put(self._header)
+                if self._spool is not None:
+                    for chunk in self._spool.read(file.key):
+                        await self._put(chunk)
+                await self._end(file.rows)
+            return await self._finish()
+        finally:
+            self._remove_spool()
 
-    # ---- splitting ------------------------------------------------------------------------
+    async def abort(self) -> None:
+        try:
+            await self._abort()
+        finally:
+            self._remove_spool()
 
-    async def _enter(self, partition: Any) -> None:
-        await self._flush()
-        await self._end_file()
-        if self._in_partition:
-            self._left.add(self._partition)
-        if partition in self._left:
-            raise OutOfOrder(f"rows of partition {partition!r} came after it was left")
-        if self._declared:
-            at = self._declared_at.get(partition)
-            if at is None or at < self._next_declared:
-                raise OutOfOrder(f"partition {partition!r} is not declared, or out of order")
-            await self._empty_until(at)
-            self._next_declared = at + 1
-        self._partition = partition
-        self._in_partition = True
-        self._n = 0
-        await self._next_file()
+    # ---- routing --------------------------------------------------------------------------
 
-    async def _empty_until(self, stop: int) -> None:
-        """Header-only files for the declared partitions before `stop` that had no rows."""
-        while self._next_declared < stop:
-            partition = self._declared[self._next_declared]
-            self._next_declared += 1
-            self._partition = partition
-            self._n = 0
-            await self._next_file()
-            await self._end_file()
-            self._left.add(partition)
-        self._in_partition = False
+    def _file_for(self, partition: Any) -> _File:
+        files = self._routed.get(partition)
+        if files is None:
+            if self._allowed is not None and partition not in self._allowed:
+                raise UndeclaredPartition(f"partition {partition!r} is not declared")
+            files = self._routed[partition] = [_File(partition, 1)]
+        file = files[-1]
+        if file.rows == self._cap:
+            file = _File(partition, file.n + 1)
+            files.append(file)
+        file.rows += 1
+        return file
 
-    async def _next_file(self) -> None:
-        await self._flush()
-        await self._end_file()
-        self._n += 1
-        name = self._file_name(self._ctx, self._partition, self._n)
-        if name in self._names:
-            raise OutOfOrder(f"two files would be named {name!r}")
-        self._names.add(name)
-        await self._open(name)
-        await self._put(self._header)
-        self._file_open = True
-        self._file_rows = 0
+    def _ordered_files(self) -> list[_File]:
+        order = self._declared if self._declared is not None else sorted(self._routed)
+        out: list[_File] = []
+        for partition in order:
+            out.extend(self._routed.get(partition) or [_File(partition, 1)])
+        return out
 
-    async def _end_file(self) -> None:
-        if self._file_open:
-            self._file_open = False
-            await self._end(self._file_rows)
+    def _name(self, file: _File) -> str:
+        return self._file_name(self._ctx, file.partition, file.n)
 
-    async def _flush(self) -> None:
-        if self._pending:
-            data = self._encoder.encode(self._pending)
-            self._pending.clear()
-            await self._put(data)
+    # ---- spooling -------------------------------------------------------------------------
+
+    def _spool_pending(self, key: Hashable) -> None:
+        data = self._pending.pop(key)
+        self._pending_bytes -= len(data)
+        assert self._spool is not None  # made by the first `write`, which filled `_pending`
+        self._spool.append(key, bytes(data))
+
+    def _remove_spool(self) -> None:
+        self._pending.clear()
+        self._pending_bytes = 0
+        if self._spool is not None:
+            self._spool.remove()
 
 
 # ---- ZIP ------------------------------------------------------------------------------------
@@ -226,7 +270,7 @@ class ZipSink(PartitionedSink):
         written = await self._writer.close()
         return [self._target.stored(written, self.rows)]
 
-    async def abort(self) -> None:
+    async def _abort(self) -> None:
         # The zipping thread may be waiting for the next chunk: hand it an abort (dropping
         # what it will never use) so that it ends instead of holding an executor thread.
         while not self._queue.empty():
@@ -308,7 +352,7 @@ class ObjectsSink(PartitionedSink):
     async def _finish(self) -> list[StoredFile]:
         return list(self._files)
 
-    async def abort(self) -> None:
+    async def _abort(self) -> None:
         """Remove every object of the run, completed ones included: a failed export has none."""
         failure: BaseException | None = None
         for writer in self._writers:

@@ -4,30 +4,22 @@ A user is in a promoter's file when their latest entry says `allowPromoter` (the
 holds, as for every opt-in) and any of their entries names a market of that promoter, as its
 `marketId` or in `additionalMarkets`; the row's contact fields are the earliest entry's.
 
-A user belongs to every promoter of every market they entered, so no single sort order gives
-each promoter's users together. The export reads the campaign's entries in user order once per
-promoter and writes that promoter's member meanwhile: nothing is held but the user at hand, at
-the price of one read per promoter (campaigns have a handful; markets share them). Every
+The export reads the campaign's entries once, in user order (DESIGN §15), and routes each
+qualifying user's row to the partition of every promoter they belong to; the partitioned sink
+spools the rows and writes the members once the pass is over, rows in user order. Every
 promoter named by the campaign's markets gets its file, with just the header when no fan
 qualifies, so that downstream can tell "nobody" from "missing".
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from typing import Any, Final
 
 from export_service.errors import PromotersNotFound
 from export_service.exporters.optins import OPTIN_COLUMNS, USER_PROJECTION, contact_row, opted_in
-from export_service.exporters.spec import (
-    Context,
-    Doc,
-    ExporterSpec,
-    Layout,
-    Source,
-    campaign_filter,
-)
-from export_service.exporters.users import USER_SORT, PerUser, user_source
+from export_service.exporters.spec import Context, Doc, ExporterSpec, Layout, campaign_filter
+from export_service.exporters.users import PerUser, user_source
 from export_service.models import ExportType
 
 _PROMOTERS: Final = "promoters"
@@ -69,19 +61,16 @@ def _rows(ctx: Context, entries: list[Doc]) -> Iterable[Any]:
     # `entries` is earliest first: the last one carries the user's current consent.
     if not opted_in(entries[-1], "allowPromoter"):
         return
-    assert ctx.source is not None
-    promoter = ctx.source.key
     by_market: dict[str, frozenset[str]] = ctx.lookups[_BY_MARKET]
+    promoters: set[str] = set()
     for entry in entries:
         for market_id in _market_ids(entry):
-            if isinstance(market_id, str) and promoter in by_market.get(market_id, ()):
-                yield promoter, contact_row(entries[0])
-                return
-
-
-async def _sources(ctx: Context) -> AsyncIterator[Source]:
-    for promoter in ctx.lookups[_PROMOTERS]:
-        yield Source("entries", campaign_filter, _PROJECTION, USER_SORT, key=promoter)
+            if isinstance(market_id, str):
+                promoters.update(by_market.get(market_id, ()))
+    if promoters:
+        row = contact_row(entries[0])
+        for promoter in promoters:
+            yield promoter, row
 
 
 _PER_USER = PerUser(_rows)
@@ -95,7 +84,6 @@ PROMOTER_EMAIL_OPT_IN = ExporterSpec(
     needs_markets=True,
     prepare=_prepare,
     finish=_PER_USER.finish,
-    sources=_sources,
     file_name=lambda ctx, promoter, n: f"{promoter}.csv",
     partitions=lambda ctx: ctx.lookups[_PROMOTERS],
 )

@@ -48,14 +48,6 @@ def default_sink(spec: ExporterSpec, ctx: Context, target: SinkTarget) -> Sink:
     return SINKS[spec.layout](spec, ctx, target)
 
 
-async def _sources(spec: ExporterSpec, ctx: Context) -> AsyncIterator[Source]:
-    if spec.sources is None:
-        yield spec.source
-    else:
-        async for source in spec.sources(ctx):
-            yield source
-
-
 async def read_cursor(source: Source, ctx: Context) -> AsyncGenerator[bytes]:
     """The source's query as one indexed cursor (no skip/limit paging), in raw batches."""
     cursor = ctx.db[source.collection].find_raw_batches(
@@ -162,31 +154,32 @@ async def run_export(
     codec_options = ctx.db.codec_options
     rows_done = 0
     try:
-        async for source in _sources(spec, ctx):
-            ctx.source = source
-            # Whole batches at a time: one await per batch instead of one per document. Closed
-            # at once on failure, so the batch asked for ahead and the cursor go with it.
-            async with contextlib.aclosing(_read_ahead(read(source, ctx))) as batches:
-                if spec.encoder is not None:
-                    assert isinstance(sink, CsvSink)  # an encoder's spec has the CSV layout
-                    encoded = _encoded(batches, spec.encoder(ctx), encoders)
-                    async with contextlib.aclosing(encoded) as encoded_batches:
-                        async for batch in encoded_batches:
-                            await sink.write_encoded(batch)
-                            rows_done += batch.rows
-                            await on_progress(rows_done)
-                else:
-                    assert spec.transform is not None
-                    async for raw in batches:
-                        rows = await spec.transform(ctx, bson.decode_all(raw, codec_options))
-                        await sink.write(rows)
-                        rows_done += len(rows)
+        # Whole batches at a time: one await per batch instead of one per document. Closed
+        # at once on failure, so the batch asked for ahead and the cursor go with it.
+        async with contextlib.aclosing(_read_ahead(read(spec.source, ctx))) as batches:
+            if spec.encoder is not None:
+                assert isinstance(sink, CsvSink)  # an encoder's spec has the CSV layout
+                encoded = _encoded(batches, spec.encoder(ctx), encoders)
+                async with contextlib.aclosing(encoded) as encoded_batches:
+                    async for batch in encoded_batches:
+                        await sink.write_encoded(batch)
+                        rows_done += batch.rows
                         await on_progress(rows_done)
-            if spec.finish is not None:
-                rows = await spec.finish(ctx)
-                await sink.write(rows)
-                rows_done += len(rows)
-                await on_progress(rows_done)
+            else:
+                assert spec.transform is not None
+                async for raw in batches:
+                    rows = await spec.transform(ctx, bson.decode_all(raw, codec_options))
+                    await sink.write(rows)
+                    rows_done += len(rows)
+                    await on_progress(rows_done)
+        if spec.finish is not None:
+            rows = await spec.finish(ctx)
+            await sink.write(rows)
+            rows_done += len(rows)
+            await on_progress(rows_done)
+        if spec.layout is not Layout.CSV and spec.count is None:
+            # The files are written from the spool now: their rows are all known.
+            await on_total(rows_done)
         files = await sink.close()
     except BaseException:
         await sink.abort()

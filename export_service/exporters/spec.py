@@ -8,7 +8,7 @@ for all of them, so fifteen export types share one pipeline.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -43,8 +43,6 @@ class Context:
     campaign: Doc
     markets: dict[str, Doc] = field(default_factory=dict)
     lookups: dict[str, Any] = field(default_factory=dict)
-    # The cursor being read; the runner sets it (specs with `sources` read several).
-    source: Source | None = None
 
     @property
     def campaign_id(self) -> str:
@@ -62,7 +60,6 @@ PrepareFn = Callable[[Context], Awaitable[None]]
 FinishFn = Callable[[Context], Awaitable[Sequence[Any]]]
 CountFn = Callable[[Context], Awaitable[int]]
 ProjectionFn = Callable[[Context], Doc]
-SourcesFn = Callable[[Context], AsyncIterator["Source"]]
 EncoderFn = Callable[[Context], BatchEncoder]
 PartitionsFn = Callable[[Context], Sequence[Any]]
 # (partition, n) → the ZIP member name or object key of that partition's n-th file (n ≥ 1).
@@ -76,8 +73,6 @@ class Source:
     # Fixed, or made per run (e.g. one field per campaign preference).
     projection: Doc | ProjectionFn | None = None
     sort: Sequence[tuple[str, int]] = (("_id", 1),)
-    # What this cursor reads, for a spec with several (`ExporterSpec.sources`).
-    key: Any = None
 
     def fields(self, ctx: Context) -> Doc | None:
         """The projection of this run's query."""
@@ -90,7 +85,8 @@ class ExporterSpec:
     source: Source
     columns: ColumnsFn
     # A batch of source documents → rows. For Layout.ZIP/OBJECTS each row is a
-    # `(partition, row)` pair; the partition names the file the row goes to.
+    # `(partition, row)` pair, in any order: the partition names the file the row goes to,
+    # and the sink spools rows until the source is read (DESIGN §15).
     transform: TransformFn | None = None
     # Instead of `transform` (stateless CSV types): this run's encoder, from one raw batch
     # straight to CSV bytes; the runner may run it in encoder processes.
@@ -106,12 +102,9 @@ class ExporterSpec:
     prepare: PrepareFn | None = None
     # Rows still held by a stateful transform when the cursor is exhausted (per-user grouping).
     finish: FinishFn | None = None
-    # Several cursors read one after the other instead of `source` alone: ZIP members and
-    # objects are written one at a time, so partitioned types read partition by partition.
-    # `ctx.source` names the cursor being read, and `finish` runs after each one.
-    sources: SourcesFn | None = None
     # For ZIP/OBJECTS: the name of each file, the row cap per file (None: no split) and the
-    # partitions that get a file even without rows, in the order they are written.
+    # partitions that get a file even without rows, in the order they are written (others:
+    # sorted), the only ones a row may go to.
     file_name: FileNameFn | None = None
     max_rows_per_file: Callable[[Context], int] | None = None
     partitions: PartitionsFn | None = None

@@ -38,6 +38,7 @@ from export_service.errors import (
 from export_service.exporters import spec_for
 from export_service.exporters.runner import run_export
 from export_service.exporters.spec import Context
+from export_service.exporters.spool import remove_leftover_spools
 from export_service.models import Export, ExportStatus, StoredFile, utcnow
 from export_service.queue.repository import CCPA_OWNER, Beat, ExportRepository, PendingUpload
 from export_service.settings import Settings
@@ -129,6 +130,8 @@ class Worker:
         """Loop until `shutdown()`; errors of one step are logged and the loop goes on."""
         interval = self.settings.polling_interval_millis / 1000
         log.info("worker_started", worker_id=self.worker_id)
+        # A worker that died (SIGKILL, OOM) left its spools behind; live runs' are locked.
+        remove_leftover_spools(self.settings.spool_dir)
         if self.encoders is not None:
             # Now rather than with the first export's first batch; if they cannot start, that
             # export retries them (and fails with the reason).
