@@ -104,6 +104,11 @@ async def finish(services: Services, export: Export, held: Held) -> None:
 
 
 async def cancel(services: Services, export: Export, held: Held) -> None:
+    assert await services.repository.cancel(export.id, export.campaign_id, "u") is not None
+    services.worker.cancel_requested(export.id)
+
+
+async def shutdown(services: Services, export: Export, held: Held) -> None:
     await services.worker.shutdown(grace=0)
 
 
@@ -114,7 +119,8 @@ async def ccpa_take_over(services: Services, export: Export, held: Held) -> None
 
 OUTCOMES: dict[str, tuple[Outcome, ExportStatus | None]] = {
     "finish": (finish, ExportStatus.FINISHED),
-    "cancel": (cancel, ExportStatus.PENDING),  # shutdown past its grace: requeued
+    "cancel": (cancel, ExportStatus.FAILED),  # DESIGN §9: FAILED, Cancelled
+    "shutdown": (shutdown, ExportStatus.PENDING),  # past its grace: requeued
     "ccpa": (ccpa_take_over, None),  # the worker gives the export up
 }
 
