@@ -1,4 +1,4 @@
-"""CCPA deletion (DESIGN §7): remove every CCPA-type export of the campaigns a user is in.
+"""CCPA deletion (contract §7): remove every CCPA-type export of the campaigns a user is in.
 
 One request goes:
 

@@ -1,4 +1,4 @@
-"""The export document (DESIGN §3): its statuses, types and the API view of it."""
+"""The export document (contract §3): its statuses, types and the API view of it."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ class ExportStatus(StrEnum):
 TERMINAL_STATUSES = frozenset({ExportStatus.FINISHED, ExportStatus.FAILED, ExportStatus.EXPIRED})
 ACTIVE_STATUSES = frozenset({ExportStatus.PENDING, ExportStatus.TRIGGERED})
 
-# `error.code` of an export cancelled by a user (DESIGN §9).
+# `error.code` of an export cancelled by a user (contract §9).
 CANCELLED = "Cancelled"
 
 
@@ -108,7 +108,7 @@ class Export:
     trace_context: dict[str, str] | None = None
     # The X-Request-ID of the API request that created it: bound on the worker's log lines.
     request_id: str | None = None
-    # DESIGN §9: a cancel of a TRIGGERED export is a request its worker carries out.
+    # contract §9: a cancel of a TRIGGERED export is a request its worker carries out.
     cancel_requested: bool = False
     cancelled_by: str | None = None
 
@@ -141,7 +141,7 @@ class Export:
         )
 
     def to_api(self) -> dict[str, Any]:
-        """The API-compatible shape of DESIGN §3 (URLs are added by the API layer)."""
+        """The API-compatible shape of contract §3 (URLs are added by the API layer)."""
         body: dict[str, Any] = {
             "id": self.id,
             "campaignId": self.campaign_id,

@@ -86,7 +86,7 @@ class Services:
     worker: Worker
     encoders: EncoderProcesses | None
     outbox: Outbox
-    # Every terminal transition hands the export to `notifier.ended()` (DESIGN §11).
+    # Every terminal transition hands the export to `notifier.ended()` (contract §11).
     notifier: Notifier
     # Started beside the worker loop by the processes that run a worker.
     dispatcher: Dispatcher

@@ -1,4 +1,4 @@
-"""Deterministic, realistic source data for one campaign (DESIGN §2).
+"""Deterministic, realistic source data for one campaign (contract §2).
 
 The generator exists to exercise the exporters: besides plausible bulk data it deliberately
 contains every awkward shape the real collections hold (free-form locales, lower-case or
@@ -218,7 +218,7 @@ _SLUGS: Final[dict[str, str]] = {}
 _DOMAINS: Final = ("gmail.com", "yahoo.com", "hotmail.co.uk", "outlook.com", "icloud.com")
 
 # How the email is rendered. Emails starting with `-` or `=` are legal and must reach the CSV
-# verbatim (DESIGN §6), so they are here on purpose.
+# verbatim (contract §6), so they are here on purpose.
 _EMAIL_KINDS = range(7)
 _EMAIL_NORMAL, _EMAIL_UPPER, _EMAIL_TAG, _EMAIL_DASH, _EMAIL_EQ, _EMAIL_EMPTY, _EMAIL_NONE = (
     _EMAIL_KINDS

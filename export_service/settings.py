@@ -29,7 +29,7 @@ ReadPreferenceMode = Literal[
 
 
 class BucketRole(StrEnum):
-    """Which configured bucket an export type writes to (DESIGN §6)."""
+    """Which configured bucket an export type writes to (contract §6)."""
 
     EXPORTS = "exportsS3"
     SCORING = "scoringS3"
@@ -200,7 +200,7 @@ class Settings(BaseSettings):
     fallback_locale: str = Field(default="en-us", description="Locale when nothing else fits.")
     sfmc_prefixes: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_SFMC_PREFIXES))
 
-    # --- Completion webhooks (DESIGN §11) -----------------------------------------------
+    # --- Completion webhooks (contract §11) -----------------------------------------------
     webhooks: list[WebhookSubscription] = Field(
         default_factory=list,
         description="JSON list of `{name, url, secret, exportTypes?, campaignIds?}`; `secret` is "

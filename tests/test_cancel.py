@@ -1,4 +1,4 @@
-"""Cancel (DESIGN §9) over the real servers: the API answers, the running worker stopping in this
+"""Cancel (contract §9) over the real servers: the API answers, the running worker stopping in this
 process and in another one, the race with the export's own end, and bad requests changing nothing."""
 
 from __future__ import annotations

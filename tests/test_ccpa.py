@@ -1,4 +1,4 @@
-"""CCPA deletion (DESIGN §7) over the real API, MongoDB and S3 servers."""
+"""CCPA deletion (contract §7) over the real API, MongoDB and S3 servers."""
 
 from __future__ import annotations
 

@@ -385,7 +385,7 @@ async def test_auto_reminder_email_one_object_per_file_under_sfmc_prefixes(
         p: sorted_rows(r) for p, r in EXPECTED_REMINDERS.items()
     }
     assert done.count == 15
-    # SFMC's files are not the requester's: a CCPA request leaves them alone (DESIGN §6).
+    # SFMC's files are not the requester's: a CCPA request leaves them alone (contract §6).
     assert ExportType.AUTO_REMINDER_EMAIL not in CCPA_TYPES
 
 
@@ -497,7 +497,7 @@ async def test_promoter_email_opt_in_one_member_per_promoter(services: Services)
         f"{P3}.csv": [OPTIN_HEADER],
     }
     assert done.count == 7
-    # No count up front; the total is known once the one pass is over (DESIGN §15).
+    # No count up front; the total is known once the one pass is over (contract §15).
     assert done.progress == {"total": 7, "processed": 7}
 
 
@@ -593,7 +593,7 @@ ALIASES = {"en-mx": "en-us", "en-uk": "en-gb", "en-ie": "en-gb", "en-nz": "en-au
 
 
 def expected_partition(doc: Doc) -> tuple[str, str]:
-    """DESIGN §6 restated from scratch, with the default tables."""
+    """contract §6 restated from scratch, with the default tables."""
     country = doc.get("countryCode")
     country = country.upper() if isinstance(country, str) else None
     locale = doc.get("locale")

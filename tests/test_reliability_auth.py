@@ -1,4 +1,4 @@
-"""Who may do what (DESIGN §4): every route against every kind of bad token, and no secret or
+"""Who may do what (contract §4): every route against every kind of bad token, and no secret or
 token in the logs."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Load on the queue (DESIGN §5): concurrent identical requests, two worker processes on one
+"""Load on the queue (contract §5): concurrent identical requests, two worker processes on one
 queue, and a claim that stays an index lookup whatever the queue's length."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""S3 faults (DESIGN §5, §8): the worker talks to moto through a fault-injecting proxy.
+"""S3 faults (contract §5, §8): the worker talks to moto through a fault-injecting proxy.
 
 What S3 holds is always checked straight at moto, never through the proxy.
 """

@@ -1,4 +1,4 @@
-"""Workers SIGKILLed mid-export (DESIGN §5): real `export-service worker` processes.
+"""Workers SIGKILLed mid-export (contract §5): real `export-service worker` processes.
 
 Each kill happens while the export is provably in flight: an S3 fault proxy holds its
 UploadPart/PutObject, so a multipart upload is open (or a PutObject unanswered) at the moment

@@ -1,4 +1,4 @@
-"""The spool of the partitioned types (DESIGN §15) on real servers: removed on every outcome of
+"""The spool of the partitioned types (contract §15) on real servers: removed on every outcome of
 a run, leftovers of a SIGKILLed worker removed by the next worker's start, a full spool fails
 the export with SpoolDiskFull and leaves nothing behind."""
 
@@ -119,7 +119,7 @@ async def ccpa_take_over(services: Services, export: Export, held: Held) -> None
 
 OUTCOMES: dict[str, tuple[Outcome, ExportStatus | None]] = {
     "finish": (finish, ExportStatus.FINISHED),
-    "cancel": (cancel, ExportStatus.FAILED),  # DESIGN §9: FAILED, Cancelled
+    "cancel": (cancel, ExportStatus.FAILED),  # contract §9: FAILED, Cancelled
     "shutdown": (shutdown, ExportStatus.PENDING),  # past its grace: requeued
     "ccpa": (ccpa_take_over, None),  # the worker gives the export up
 }

@@ -1,4 +1,4 @@
-"""Completion webhooks (DESIGN §11) against a real aiohttp receiver on the loopback.
+"""Completion webhooks (contract §11) against a real aiohttp receiver on the loopback.
 
 Delivery is driven step by step (`Dispatcher.deliver_due(now=…)`) with a clock of the test's
 own, so backoff is checked without waiting for it; only the attempt time limit is real time

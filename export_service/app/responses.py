@@ -1,4 +1,4 @@
-"""Response models: the JSON shapes the API answers with (DESIGN §3, §4), for the OpenAPI document.
+"""Response models: the JSON shapes the API answers with (contract §3, §4), for OpenAPI.
 
 The handlers build these bodies as plain dicts; `extra="forbid"` makes the published schema strict,
 so the schemathesis run fails when a handler starts sending a field the document does not describe.
@@ -55,7 +55,7 @@ class ExportErrorView(BaseModel):
 
 
 class NotificationView(BaseModel):
-    """One webhook event of a terminal export (DESIGN §11)."""
+    """One webhook event of a terminal export (contract §11)."""
 
     model_config = _STRICT
 
@@ -70,7 +70,7 @@ class NotificationView(BaseModel):
 
 
 class ExportView(BaseModel):
-    """One export as the API returns it (DESIGN §3); timestamps are ISO 8601 UTC strings."""
+    """One export as the API returns it (contract §3); timestamps are ISO 8601 UTC strings."""
 
     model_config = _STRICT
 

@@ -1,4 +1,4 @@
-"""The `entries` rows (DESIGN §6) from the entries projection, a whole batch at a time."""
+"""The `entries` rows (contract §6) from the entries projection, a whole batch at a time."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""How values become CSV cells (DESIGN §6): booleans, dates, blanks and formula neutralising."""
+"""How values become CSV cells (contract §6): booleans, dates, blanks and formula neutralising."""
 
 from __future__ import annotations
 

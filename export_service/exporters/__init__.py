@@ -46,7 +46,7 @@ EXPORTERS: dict[ExportType, ExporterSpec] = {
     )
 }
 
-# Types whose exports a CCPA request deletes (DESIGN §6/§7). Declared on each spec; the set
+# Types whose exports a CCPA request deletes (contract §6/§7). Declared on each spec; the set
 # of all fifteen is fixed by the contract, so it is spelled out for types not yet built.
 CCPA_TYPES: frozenset[ExportType] = frozenset(
     t

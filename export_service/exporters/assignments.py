@@ -1,4 +1,4 @@
-"""`codeAssignments` and `codeWaves`: one row per assigned code, with its user's email (DESIGN §6).
+"""`codeAssignments` and `codeWaves`: one row per assigned code and its user's email (contract §6).
 
 Both read the same code rows and differ only in which codes they select and where the file goes.
 """
@@ -80,7 +80,7 @@ CODE_ASSIGNMENTS = ExporterSpec(
     columns=lambda ctx: ASSIGNMENT_COLUMNS,
     transform=assignment_rows,
     finish=_close_join,
-    # Reads entries (the email join), so a campaign without markets fails (DESIGN §6).
+    # Reads entries (the email join), so a campaign without markets fails (contract §6).
     needs_markets=True,
     count=count_source(_ASSIGNED_SOURCE),
 )

@@ -1,4 +1,4 @@
-"""`codes`: one row per code of the campaign (DESIGN §6)."""
+"""`codes`: one row per code of the campaign (contract §6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Contact fields of the users a batch names, joined from their earliest entry (DESIGN §2).
+"""Contact fields of the users a batch names, joined from their earliest entry (contract §2).
 
 Types whose rows come from `codes` or `scoring` still print the user's email/name/phone, which
 live on entries. The join is a merge join, never a query per row: the main source is read in

@@ -1,4 +1,4 @@
-"""`entries` and `verifiedEntries`: one row per entry (DESIGN §6)."""
+"""`entries` and `verifiedEntries`: one row per entry (contract §6)."""
 
 from __future__ import annotations
 

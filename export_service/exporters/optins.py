@@ -1,7 +1,7 @@
-"""`fanlist`, `artistOptIn`, `livenationOptIn`, `artistSmsOptIn`: one row per user (DESIGN §6).
+"""`fanlist`, `artistOptIn`, `livenationOptIn`, `artistSmsOptIn`: one row per user (contract §6).
 
 All four stream the campaign's entries grouped by user (`users.PerUser`). Contact fields come
-from the user's earliest entry (DESIGN §2); consent comes from the user's latest entry, because
+from the user's earliest entry (contract §2); consent comes from the user's latest entry, because
 the most recent answer a fan gave is the one that holds (a fan who opted out later is out). A
 missing opt-in key, or a missing `optIns`, is false.
 

@@ -1,4 +1,4 @@
-"""Sinks for partitioned exports: a ZIP of CSVs, or one CSV object per file (DESIGN §6, §15).
+"""Sinks for partitioned exports: a ZIP of CSVs, or one CSV object per file (contract §6, §15).
 
 Rows arrive as `(partition, row)` pairs in any order: the specs read their source once, in
 user order, and say which partition each row belongs to. The sink assigns each row to its file

@@ -1,10 +1,10 @@
-"""`promoterEmailOptIn`: a ZIP with one `{promoterId}.csv` per promoter (DESIGN §6).
+"""`promoterEmailOptIn`: a ZIP with one `{promoterId}.csv` per promoter (contract §6).
 
 A user is in a promoter's file when their latest entry says `allowPromoter` (the latest answer
 holds, as for every opt-in) and any of their entries names a market of that promoter, as its
 `marketId` or in `additionalMarkets`; the row's contact fields are the earliest entry's.
 
-The export reads the campaign's entries once, in user order (DESIGN §15), and routes each
+The export reads the campaign's entries once, in user order (contract §15), and routes each
 qualifying user's row to the partition of every promoter they belong to; the partitioned sink
 spools the rows and writes the members once the pass is over, rows in user order. Every
 promoter named by the campaign's markets gets its file, with just the header when no fan

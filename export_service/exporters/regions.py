@@ -1,4 +1,4 @@
-"""Country → region and free-form locale → SFMC locale, for the reminder types (DESIGN §6).
+"""Country → region and free-form locale → SFMC locale, for the reminder types (contract §6).
 
 Entries carry whatever the entry form stored (`en-US`, `en_us`, `EN-uk`, `english`, nothing),
 while SFMC wants one canonical `ll-cc` per file. Every table comes from the settings, so new

@@ -1,8 +1,8 @@
 """`reminderEmail`, `reminderEmailSample`, `autoReminderEmail`: one row per user with an email,
-filed by region and SFMC locale (DESIGN §6).
+filed by region and SFMC locale (contract §6).
 
-A user's row comes from their earliest entry (DESIGN §2), and so do its region and locale. The
-export reads the campaign's entries once, in user order (DESIGN §15), and routes each user's
+A user's row comes from their earliest entry (contract §2), and so do its region and locale. The
+export reads the campaign's entries once, in user order (contract §15), and routes each user's
 row to its `(region, locale)` partition; the partitioned sink spools the rows and writes the
 files once the pass is over. Within a file rows are in user order (`userId`, then the earliest
 entry's `date.created` and `_id`), and the sample keeps the first rows of each partition in it.
@@ -130,7 +130,7 @@ def sfmc_prefix(ctx: Context, region: str) -> str:
 def sfmc_key(ctx: Context, partition: Partition, n: int) -> str:
     """`{prefix}_{campaignId}_{locale}_{n}_{yyyyMMddHHmm}.csv`, the prefix being the region's.
 
-    The configured prefix is a path whose last segment starts the file name (DESIGN §6 names
+    The configured prefix is a path whose last segment starts the file name (contract §6 names
     the file `{prefix}_…`), so the objects land in the prefix's folder, not in a new one. The
     sink names every file before it stores any, so a region without prefix fails the export
     with nothing written.

@@ -1,4 +1,4 @@
-"""`scoring`: one row per scoring record, for the scoring bucket (DESIGN §6)."""
+"""`scoring`: one row per scoring record, for the scoring bucket (contract §6)."""
 
 from __future__ import annotations
 

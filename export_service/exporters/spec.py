@@ -86,7 +86,7 @@ class ExporterSpec:
     columns: ColumnsFn
     # A batch of source documents → rows. For Layout.ZIP/OBJECTS each row is a
     # `(partition, row)` pair, in any order: the partition names the file the row goes to,
-    # and the sink spools rows until the source is read (DESIGN §15).
+    # and the sink spools rows until the source is read (contract §15).
     transform: TransformFn | None = None
     # Instead of `transform` (stateless CSV types): this run's encoder, from one raw batch
     # straight to CSV bytes; the runner may run it in encoder processes.

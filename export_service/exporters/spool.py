@@ -1,4 +1,4 @@
-"""Local spool files of one export run (DESIGN §15).
+"""Local spool files of one export run (contract §15).
 
 The partitioned types read their source once, in user order, and route each row to a file
 (ZIP member or SFMC object) that can only be written once all of its rows are known. The rows

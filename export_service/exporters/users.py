@@ -2,7 +2,7 @@
 
 The cursor is sorted by user, so one user's entries arrive together (possibly split across two
 batches); only the current user's entries are held in memory, whatever the campaign's size.
-Contact fields come from the user's earliest entry (DESIGN §2); what a spec decides from the
+Contact fields come from the user's earliest entry (contract §2); what a spec decides from the
 others (e.g. the latest opt-in) is up to its row function.
 """
 

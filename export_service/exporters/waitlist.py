@@ -1,4 +1,4 @@
-"""`waitlist`: non-selected scoring records of users not in a SCHEDULED SMS wave (DESIGN §6).
+"""`waitlist`: non-selected scoring records of users not in a SCHEDULED SMS wave (contract §6).
 
 SCHEDULED members are loaded once per export into a set (`prepare`), not anti-joined per batch.
 Measured on the embedded MongoDB-wire server (20,000-entry seeded campaign, two SCHEDULED waves
@@ -127,7 +127,7 @@ WAITLIST = ExporterSpec(
     columns=lambda ctx: WAITLIST_COLUMNS,
     transform=_waitlist_rows,
     finish=_finish,
-    # Reads entries (the contact join), so a campaign without markets fails (DESIGN §6).
+    # Reads entries (the contact join), so a campaign without markets fails (contract §6).
     needs_markets=True,
     count=_count_waitlist,
     prepare=_load_scheduled_members,

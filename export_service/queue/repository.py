@@ -1,6 +1,6 @@
 """All persistence of the `exports` collection: the only module that talks to it.
 
-The queue rules of DESIGN §5 are kept by the database, not by timing:
+The queue rules of contract §5 are kept by the database, not by timing:
 
 * dedupe: `dedupeKey` exists only while an export is PENDING or TRIGGERED, and a unique partial
   index on it (`$exists: true`, which MongoDB 6.0 allows) makes concurrent identical requests
@@ -118,7 +118,7 @@ class Beat(Enum):
     """What a running export's heartbeat learnt. Falsy only when the export is no longer ours."""
 
     OURS = "ours"
-    CANCEL = "cancel"  # still ours, and a user asked for it to be cancelled (DESIGN §9)
+    CANCEL = "cancel"  # still ours, and a user asked for it to be cancelled (contract §9)
     LOST = "lost"
 
     def __bool__(self) -> bool:
@@ -277,7 +277,7 @@ class ExportRepository:
         return [Export.from_doc(doc) async for doc in cursor]
 
     async def cancel(self, export_id: str, campaign_id: str, by: str) -> CancelResult | None:
-        """Cancel an export of `campaign_id` (DESIGN §9); None when there is no such export.
+        """Cancel an export of `campaign_id` (contract §9); None when there is no such export.
 
         Each step is a compare-and-set on the status it expects, so a cancel racing the claim,
         the run's own end or a re-queue settles on exactly one outcome."""

@@ -1,1 +1,1 @@
-"""Completion webhooks (DESIGN §11): subscriptions, the outbox, signing and delivery."""
+"""Completion webhooks (contract §11): subscriptions, the outbox, signing and delivery."""
