@@ -23,6 +23,7 @@ from export_service.app.responses import (
     ExportView,
     Heartbeat,
     Readiness,
+    WebhookEventBody,
 )
 from export_service.app.schemas import ID_PATTERN, CreateExport, ListExports
 
@@ -306,7 +307,48 @@ def _models() -> list[tuple[type[BaseModel], JsonSchemaMode]]:
         for answer in op.answers:
             if answer.model is not None:
                 pairs[answer.model] = "serialization"
+    pairs[WebhookEventBody] = "serialization"
     return list(pairs.items())
+
+
+def _webhook(body: dict[str, Any]) -> dict[str, Any]:
+    """The POST every subscription of EXPORT_SERVICE_WEBHOOKS receives (OpenAPI 3.1 `webhooks`)."""
+
+    def header(name: str, description: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "in": "header",
+            "required": True,
+            "description": description,
+            "schema": {"type": "string"},
+        }
+
+    return {
+        "post": {
+            "operationId": "exportEnded",
+            "tags": ["exports"],
+            "summary": "An export ended (FINISHED, FAILED or EXPIRED)",
+            "description": "Sent to each subscription whose `exportTypes`/`campaignIds` match, at "
+            "least once: a non-2xx answer, a redirect or no answer within 10 s is retried with "
+            "backoff (5 s, 30 s, 2 min, …) up to `webhookMaxAttempts`, always with the same "
+            "`webhook-id`. Verify it with any Standard Webhooks library and the `whsec_` secret.",
+            "security": [],
+            "parameters": [
+                header(
+                    "webhook-id", "The event's id: the same on every retry (deduplicate on it)."
+                ),
+                header("webhook-timestamp", "Unix seconds of this attempt."),
+                header(
+                    "webhook-signature",
+                    '`v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">` with the secret.',
+                ),
+            ],
+            "requestBody": {"required": True, "content": {JSON: {"schema": body}}},
+            "responses": {
+                "2XX": {"description": "Received; the event is not sent again."},
+            },
+        }
+    }
 
 
 @functools.cache
@@ -342,6 +384,7 @@ def _build() -> Document:
             components.pop(op.query.__name__, None)
     return {
         "openapi": "3.1.0",
+        "webhooks": {"exportEnded": _webhook(refs[WebhookEventBody])},
         "info": {
             "title": "export-service",
             "version": __version__,

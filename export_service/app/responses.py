@@ -104,6 +104,19 @@ class ExportView(BaseModel):
     )
 
 
+class WebhookEventBody(BaseModel):
+    """What a subscription's URL receives (contract §11), signed per Standard Webhooks."""
+
+    model_config = _STRICT
+
+    type: Literal["export.finished", "export.failed", "export.expired"]
+    timestamp: datetime = Field(description="When the export ended (its event was recorded).")
+    data: ExportView = Field(
+        description="The export as GET answers it (files with signed URLs), without "
+        "`notifications`."
+    )
+
+
 class ExportList(BaseModel):
     model_config = _STRICT
 
