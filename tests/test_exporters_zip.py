@@ -658,3 +658,130 @@ async def test_seeded_campaign_matches_independent_computation(services: Service
     }
     assert got == promoter_users
     assert sum(len(u) for u in promoter_users.values()) == promoters.count > 0
+
+
+# ---- one pass: byte-level equality at several partition counts (DESIGN §15) ---------------
+
+
+def _free_text(value: Any) -> str:
+    """DESIGN's cell rule restated: text a spreadsheet would run gets a leading `'`."""
+    s = "" if value is None else value if isinstance(value, str) else str(value)
+    return "'" + s if s[:1] in ("=", "+", "-", "@", "\t", "\r") else s
+
+
+def _csv(header: list[str], rows: list[list[str]]) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return out.getvalue().encode()
+
+
+def _upper(value: Any) -> str:
+    return value.upper() if isinstance(value, str) else ""
+
+
+def expected_files(
+    plan: seed.SeedPlan, max_rows: int, sample: int
+) -> tuple[dict[str, bytes], dict[str, bytes], dict[str, bytes]]:
+    """reminderEmail members, reminderEmailSample members and promoterEmailOptIn members,
+    byte for byte, computed from the generated documents alone; rows in user order."""
+    users: dict[str, list[Doc]] = defaultdict(list)
+    markets: dict[str, Doc] = {}
+    for name, batch in seed.generate(plan):
+        if name == "entries":
+            for doc in batch:
+                users[doc["userId"]].append(doc)
+        elif name == "markets":
+            markets.update((m["_id"], m) for m in batch)
+    reminders: dict[tuple[str, str], list[list[str]]] = defaultdict(list)
+    promoters: dict[str, list[list[str]]] = {
+        p: [] for m in markets.values() for p in m["promoterIds"]
+    }
+    for user in sorted(users):
+        docs = sorted(users[user], key=lambda d: (d["date"]["created"], d["_id"]))
+        first, last = docs[0], docs[-1]
+        fields = first.get("fields") or {}
+        email = fields.get("email")
+        if isinstance(email, str) and email.strip():
+            partition = expected_partition(first)
+            market = markets.get(first.get("marketId")) or {}
+            reminders[partition].append(
+                [
+                    email,
+                    _free_text(fields.get("first_name")),
+                    _free_text(fields.get("last_name")),
+                    partition[1],
+                    _upper(first.get("countryCode")),
+                    _free_text(market.get("name")),
+                ]
+            )
+        if (last.get("optIns") or {}).get("allowPromoter") is True:
+            row = [
+                user,
+                "" if fields.get("email") is None else str(fields["email"]),
+                _free_text(fields.get("first_name")),
+                _free_text(fields.get("last_name")),
+                _free_text(fields.get("postal_code")),
+                _upper(first.get("countryCode")),
+                _free_text(first.get("locale")),
+            ]
+            mine = {
+                p
+                for doc in docs
+                for market_id in [doc["marketId"], *doc.get("additionalMarkets", [])]
+                for p in markets[market_id]["promoterIds"]
+            }
+            for promoter in mine:
+                promoters[promoter].append(row)
+    full: dict[str, bytes] = {}
+    sampled: dict[str, bytes] = {}
+    for (region, locale), rows in reminders.items():
+        for n, start in enumerate(range(0, len(rows), max_rows), 1):
+            chunk = rows[start : start + max_rows]
+            full[f"{region}/{locale}-{n}.csv"] = _csv(REMINDER_HEADER, chunk)
+        sampled[f"{region}/{locale}-1.csv"] = _csv(REMINDER_HEADER, rows[:sample])
+    by_promoter = {f"{p}.csv": _csv(OPTIN_HEADER, rows) for p, rows in promoters.items()}
+    return full, sampled, by_promoter
+
+
+async def raw_members(services: Services, done: Export) -> dict[str, bytes]:
+    assert done.status is ExportStatus.FINISHED, done.error
+    (file,) = done.files
+    data = await download(services, file.bucket, file.key)
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+@pytest.mark.parametrize("partitions", [2, 8, 24])
+async def test_one_pass_files_are_byte_equal_to_an_independent_computation(
+    services: Services, partitions: int
+) -> None:
+    # As many promoters as markets; the markets' five countries give up to ~16 region/locales.
+    plan = seed.SeedPlan(
+        campaign_id=CAMPAIGN, entries=240, markets=partitions, promoters=partitions, seed=partitions
+    )
+    await seed.seed(services.db, plan)
+    full, sampled, by_promoter = expected_files(plan, MAX_ROWS, SAMPLE)
+    assert len(by_promoter) == partitions
+
+    assert await raw_members(services, await run(services, ExportType.REMINDER_EMAIL)) == full
+    sample = await run(services, ExportType.REMINDER_EMAIL_SAMPLE)
+    assert await raw_members(services, sample) == sampled
+    promoters = await run(services, ExportType.PROMOTER_EMAIL_OPT_IN)
+    assert await raw_members(services, promoters) == by_promoter
+
+    auto = await run(services, ExportType.AUTO_REMINDER_EMAIL)
+    assert auto.status is ExportStatus.FINISHED, auto.error
+    stamp = auto.date["triggered"].strftime("%Y%m%d%H%M")
+    prefixes = services.settings.sfmc_prefixes
+    objects = {}
+    for file in auto.files:
+        objects[file.key] = await download(services, file.bucket, file.key)
+    expected_objects = {}
+    for name, data in full.items():
+        match = re.fullmatch(r"([A-Z]+)/([a-z]{2}-[a-z]{2})-(\d+)\.csv", name)
+        assert match
+        region, locale, n = match[1], match[2], match[3]
+        expected_objects[f"{prefixes[region]}_{CAMPAIGN}_{locale}_{n}_{stamp}.csv"] = data
+    assert objects == expected_objects
