@@ -660,11 +660,11 @@ async def test_seeded_campaign_matches_independent_computation(services: Service
     assert sum(len(u) for u in promoter_users.values()) == promoters.count > 0
 
 
-# ---- one pass: byte-level equality at several partition counts (DESIGN §15) ---------------
+# ---- one pass: byte-level equality at several partition counts (contract §15) -------------
 
 
 def _free_text(value: Any) -> str:
-    """DESIGN's cell rule restated: text a spreadsheet would run gets a leading `'`."""
+    """The contract's cell rule restated: text a spreadsheet would run gets a leading `'`."""
     s = "" if value is None else value if isinstance(value, str) else str(value)
     return "'" + s if s[:1] in ("=", "+", "-", "@", "\t", "\r") else s
 
