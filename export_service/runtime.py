@@ -15,6 +15,7 @@ from pymongo.monitoring import CommandListener
 
 from export_service import db as dbmod
 from export_service.encoding.processes import EncoderProcesses, default_processes
+from export_service.queue.estimates import QueueEstimates
 from export_service.queue.repository import ExportRepository
 from export_service.queue.worker import Worker
 from export_service.settings import Settings
@@ -90,6 +91,7 @@ class Services:
     notifier: Notifier
     # Started beside the worker loop by the processes that run a worker.
     dispatcher: Dispatcher
+    estimates: QueueEstimates
 
     @classmethod
     @asynccontextmanager
@@ -131,6 +133,7 @@ class Services:
                         outbox=outbox,
                         notifier=notifier,
                         dispatcher=dispatcher,
+                        estimates=QueueEstimates(repository, slots=settings.max_concurrent_exports),
                     )
                 finally:
                     await dispatcher.close()

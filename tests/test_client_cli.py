@@ -174,6 +174,16 @@ def test_progress_shows_percent_only_when_the_total_is_known() -> None:
     assert "%" not in uncounted and "ETA" not in uncounted
 
 
+def test_progress_shows_the_queue_position_and_eta_while_pending() -> None:
+    waiting = {"status": "PENDING", "progress": {"processed": 0}}
+    frame = _frame({**waiting, "queue": {"position": 3, "etaSeconds": 95.0}})
+    assert "position 3, starts in ~2 min" in frame
+    frame = _frame({**waiting, "queue": {"position": 1, "etaSeconds": None}})
+    assert "position 1" in frame and "starts in" not in frame
+    running = _frame({"status": "TRIGGERED", "progress": {"processed": 5, "total": 10}})
+    assert "position" not in running
+
+
 async def test_progress_is_written_every_progress_interval_while_the_export_runs(
     mongo_uri: str, s3_endpoint: str
 ) -> None:

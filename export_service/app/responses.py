@@ -45,6 +45,27 @@ class ExportProgress(BaseModel):
 
     total: int | None = Field(default=None, ge=0, description="From the preliminary count.")
     processed: int = Field(ge=0)
+    etaSeconds: float | None = Field(
+        default=None,
+        ge=0,
+        description="`TRIGGERED` with a known `total`: seconds left at the rate so far.",
+    )
+
+
+class QueueView(BaseModel):
+    model_config = _STRICT
+
+    position: int | None = Field(
+        ge=1,
+        description="1 runs next; claim order across all campaigns (only the number is shown). "
+        "Null only for an export claimed or cancelled while the answer was being made.",
+    )
+    etaSeconds: float | None = Field(
+        ge=0,
+        description="Estimated seconds until it starts, from the running exports' progress and "
+        "the median duration of recent finished exports of each type ahead; null while a type "
+        "ahead has no history.",
+    )
 
 
 class ExportErrorView(BaseModel):
@@ -90,6 +111,7 @@ class ExportView(BaseModel):
         default=None, description="Signed download URL of the single file, when FINISHED."
     )
     error: ExportErrorView | None = None
+    queue: QueueView | None = Field(default=None, description="Present on every `PENDING` export.")
     cancelRequested: bool | None = Field(
         default=None,
         description="`true` once a cancel of the `TRIGGERED` export was asked for; its worker "

@@ -23,7 +23,8 @@ from export_service.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from export_service.models import Export, ExportType, utcnow
+from export_service.models import Export, ExportStatus, ExportType, utcnow
+from export_service.queue.estimates import progress_eta
 from export_service.runtime import Services
 from export_service.views import signed_export
 from export_service.webhooks.outbox import WebhookEvent
@@ -65,14 +66,25 @@ async def _json_body(request: web.Request) -> bytes:
 
 
 async def _export_view(
-    services: Services, export: Export, events: list[WebhookEvent] | None = None
+    services: Services,
+    export: Export,
+    events: list[WebhookEvent] | None = None,
+    queue: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """`events`: the export's webhook events when the caller fetched them for a whole page."""
+    """`events`: the export's webhook events when the caller fetched them for a whole page;
+    `queue`: the queue views of PENDING exports by id, likewise (`QueueEstimates.views`)."""
     body = await signed_export(services.storage, export)
     if events is None and export.terminal:
         events = (await services.outbox.for_exports([export.id])).get(export.id)
     if events:
         body["notifications"] = [event.to_api() for event in events]
+    if export.status is ExportStatus.PENDING:
+        if queue is None:
+            queue = await services.estimates.views([export])
+        body["queue"] = queue.get(export.id, {"position": None, "etaSeconds": None})
+    eta = progress_eta(export, utcnow())
+    if eta is not None:
+        body["progress"]["etaSeconds"] = eta
     return body
 
 
@@ -185,8 +197,9 @@ async def list_exports(request: web.Request) -> web.Response:
         offset=query.offset,
     )
     events = await services.outbox.for_exports([e.id for e in exports if e.terminal])
+    queue = await services.estimates.views(exports)
     views = await asyncio.gather(
-        *(_export_view(services, e, events.get(e.id, [])) for e in exports)
+        *(_export_view(services, e, events.get(e.id, []), queue) for e in exports)
     )
     return web.json_response({"exports": list(views), "limit": query.limit, "offset": query.offset})
 

@@ -129,6 +129,9 @@ class ExportProgress:
             processed = int(export["count"])
             total = total or processed
         label = f"[{STATUS_STYLE.get(status, '')}]{status:<9}[/]"
+        place = queue_text(export)
+        if place:
+            label += f" {place}"
         if self._task is None:
             self._task = self._progress.add_task(label, total=total, completed=processed)
         elif status == "PENDING" and self._status == "TRIGGERED":
@@ -137,6 +140,26 @@ class ExportProgress:
         else:
             self._progress.update(self._task, total=total, completed=processed, description=label)
         self._status = status
+
+
+def queue_text(export: Export) -> str:
+    """`position 3, starts in ~1 min`: where a PENDING export stands ("" for any other)."""
+    queue = export.get("queue") or {}
+    if export.get("status") != "PENDING" or queue.get("position") is None:
+        return ""
+    text = f"position {queue['position']}"
+    eta = queue.get("etaSeconds")
+    if eta is not None:
+        text += f", starts in ~{human_seconds(float(eta))}"
+    return text
+
+
+def human_seconds(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def download_progress(console: Console) -> Progress:
@@ -170,6 +193,8 @@ def show_export(console: Console, export: Export, saved: list[str] | None = None
     if options:
         line("options", ", ".join(options))
     line("created", str((export.get("date") or {}).get("created", "")))
+    if queue_text(export):
+        line("queue", queue_text(export))
     took = duration(export)
     if took is not None:
         line("took", f"{took:.1f} s")

@@ -137,6 +137,15 @@ class CancelResult:
     outcome: CancelOutcome
 
 
+# What queue estimates read of other exports: never their campaign's details or files.
+_QUEUE_FIELDS: Doc = {
+    "campaignId": 1,
+    "exportType": 1,
+    "status": 1,
+    "date": 1,
+    "progress": 1,
+}
+
 # Who asked is in `cancelledBy`.
 CANCELLED_ERROR: Doc = {"code": CANCELLED, "message": "cancelled on request"}
 
@@ -273,6 +282,36 @@ class ExportRepository:
             .sort([("date.created", DESCENDING), ("_id", DESCENDING)])
             .skip(offset)
             .limit(limit)
+        )
+        return [Export.from_doc(doc) async for doc in cursor]
+
+    async def queue_until(self, created: datetime) -> list[Export]:
+        """The TRIGGERED exports and the PENDING ones created up to `created`, in claim order.
+
+        One range of the `claim` index per status (its sort order), for the queue position of
+        the PENDING exports in an answer; a TRIGGERED export created later (a re-queued export
+        claimed after it) is left out, which only makes an estimate a little short."""
+        cursor = self._exports.find(
+            {
+                "status": {"$in": [ExportStatus.TRIGGERED.value, ExportStatus.PENDING.value]},
+                "date.created": {"$lte": created},
+            },
+            _QUEUE_FIELDS,
+            sort=[("status", ASCENDING), ("date.created", ASCENDING), ("_id", ASCENDING)],
+        )
+        docs = [doc async for doc in cursor]
+        # Claim order among the PENDING ones; the TRIGGERED ones (sorted after them) go first.
+        return [Export.from_doc(d) for d in docs if d["status"] == ExportStatus.TRIGGERED.value] + [
+            Export.from_doc(d) for d in docs if d["status"] == ExportStatus.PENDING.value
+        ]
+
+    async def recent_finished(self, limit: int) -> list[Export]:
+        """The last `limit` FINISHED exports by creation (the `claim` index), for estimates."""
+        cursor = self._exports.find(
+            {"status": ExportStatus.FINISHED.value},
+            _QUEUE_FIELDS,
+            sort=[("date.created", DESCENDING), ("_id", DESCENDING)],
+            limit=limit,
         )
         return [Export.from_doc(doc) async for doc in cursor]
 
