@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
+from export_service.app.admin_routes import admin_routes
 from export_service.app.auth import Authenticator
 from export_service.app.docs_routes import docs_routes
 from export_service.app.errors import Handler, error_middleware
@@ -71,4 +72,5 @@ def create_app(
     app.cleanup_ctx.append(services_ctx)
     app.add_routes(routes)
     app.add_routes(docs_routes)
+    app.add_routes(admin_routes)
     return app

@@ -247,6 +247,39 @@ OPERATIONS: tuple[Operation, ...] = (
         (Answer(200, "HTML.", media_type="text/html"),),
         secured=False,
     ),
+    Operation(
+        "get",
+        "/admin",
+        "adminConsole",
+        "admin",
+        "Admin console",
+        "A page for campaign admins: paste a token (kept in the tab only), pick a campaign, "
+        "request, watch, download and cancel its exports. It calls only this API, from the "
+        "browser; its own files are served by the service (no CDN), under a CSP without "
+        "inline scripts or styles.",
+        (Answer(200, "HTML.", media_type="text/html"),),
+        secured=False,
+    ),
+    Operation(
+        "get",
+        "/admin/admin.js",
+        "adminScript",
+        "admin",
+        "Admin console script",
+        "The console's script (plain JavaScript, no build step).",
+        (Answer(200, "JavaScript.", media_type="text/javascript"),),
+        secured=False,
+    ),
+    Operation(
+        "get",
+        "/admin/admin.css",
+        "adminStyle",
+        "admin",
+        "Admin console style sheet",
+        "The console's styles (system fonts only).",
+        (Answer(200, "CSS.", media_type="text/css"),),
+        secured=False,
+    ),
 )
 
 
@@ -402,6 +435,7 @@ def _build() -> Document:
             {"name": "privacy", "description": "CCPA deletion."},
             {"name": "operations", "description": "Health, readiness and metrics."},
             {"name": "docs", "description": "This documentation."},
+            {"name": "admin", "description": "The admin console, a page over this API."},
         ],
         "paths": paths,
         "components": {
