@@ -357,6 +357,28 @@ async def test_a_hanging_receiver_never_gets_the_event_twice_at_once(
         assert receiver.max_in_flight == 1 and len(receiver.requests) == 1
 
 
+async def test_an_event_leased_by_a_worker_that_died_goes_out_after_its_lease(
+    services: Services, receiver: Receiver
+) -> None:
+    await seed(services)
+    await run_export(services, ExportType.ENTRIES)
+    now = utcnow()
+    # A worker claims the event and dies before its attempt ends (nothing is written back).
+    (taken,) = await services.outbox.claim_due(now, 8, services.dispatcher.lease, "dead:1:x")
+    other = Dispatcher(services.notifier, services.storage, services.settings, owner="live")
+    try:
+        assert await other.deliver_due(now + services.dispatcher.lease / 2) == []
+        (event,) = await other.deliver_due(now + services.dispatcher.lease)
+    finally:
+        await other.close()
+    assert (event.id, event.status, event.attempts) == (taken.id, DeliveryStatus.DELIVERED, 2)
+    (received,) = receiver.requests
+    assert received.headers["webhook-id"] == taken.id
+    # The dead worker's lease is gone: were it to come back, its outcome would not be written.
+    assert not await services.outbox.retry_at(taken, now, "late")
+    assert (await services.outbox.get(taken.id)).status is DeliveryStatus.DELIVERED  # type: ignore[union-attr]
+
+
 async def test_a_dead_receiver_does_not_slow_the_next_export(
     mongo_uri: str, s3_endpoint: str, receiver: Receiver
 ) -> None:

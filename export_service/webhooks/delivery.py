@@ -143,7 +143,21 @@ class Dispatcher:
     # ---- one attempt --------------------------------------------------------------------
 
     async def attempt(self, event: WebhookEvent, now: datetime) -> None:
-        """POST the event once and record the outcome under its lease."""
+        """POST the event once and record the outcome under its lease.
+
+        Never raises: if even the outcome cannot be written (the database is away), the lease
+        runs out and the event is attempted again."""
+        try:
+            await self._attempt(event, now)
+        except Exception as exc:
+            log.warning(
+                "webhook_attempt_unrecorded",
+                event_id=event.id,
+                subscription=event.subscription,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+
+    async def _attempt(self, event: WebhookEvent, now: datetime) -> None:
         fields = {
             "event_id": event.id,
             "export_id": event.export_id,
@@ -166,6 +180,7 @@ class Dispatcher:
         except aiohttp.ClientError as exc:
             # Not str(exc): some carry the receiver's URL, which may hold a token.
             error = f"ConnectionFailed: {type(exc).__name__}"
+
         else:
             if 200 <= status < 300:
                 if await self.outbox.delivered(event, utcnow()):
