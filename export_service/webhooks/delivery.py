@@ -89,6 +89,7 @@ class Dispatcher:
         try:
             while not self._stopping.is_set():
                 self._wake.clear()
+                in_flight = {task for task in in_flight if not task.done()}
                 claimed = 0
                 try:
                     await self.notifier.recover()
@@ -106,12 +107,11 @@ class Dispatcher:
                     continue  # more may be due
                 wake = asyncio.create_task(self._wake.wait())
                 stop = asyncio.create_task(self._stopping.wait())
-                done, _ = await asyncio.wait(
+                await asyncio.wait(
                     {*in_flight, wake, stop}, timeout=interval, return_when=asyncio.FIRST_COMPLETED
                 )
                 wake.cancel()
                 stop.cancel()
-                in_flight -= done
         finally:
             if in_flight:
                 # Bounded by the attempt timeout; anything cut off keeps its lease, which
