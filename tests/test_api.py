@@ -95,6 +95,22 @@ async def test_bad_requests_are_rejected_and_write_nothing(client: Client) -> No
     assert await export_count(client) == 0
 
 
+async def test_code_waves_without_a_date_names_the_campaigns_wave_dates(client: Client) -> None:
+    db = app_services(client).db
+    await add_campaign(db)
+    await db["codes"].insert_many([
+        {"_id": f"c{i}", "campaignId": CAMPAIGN, "code": f"C{i}", "waveDateKey": key}
+        for i, key in enumerate(["20260928", "20260926", None, "20260926"])
+    ])  # fmt: skip
+    await db["codes"].insert_one({"_id": "other", "campaignId": "x", "waveDateKey": "20990101"})
+    resp = await client.post(URL, json={"exportType": "codeWaves"}, headers=auth([CAMPAIGN]))
+    body = await resp.json()
+    assert resp.status == 400
+    assert "wave dates: 20260926, 20260928" in body["error"]["message"]
+    assert body["error"]["payload"]["waveDateKeys"] == ["20260926", "20260928"]
+    assert await export_count(client) == 0
+
+
 async def test_unknown_campaign_is_400_campaign_not_found(client: Client) -> None:
     resp = await client.post(
         "/campaigns/ghost/exports", json={"exportType": "entries"}, headers=auth(["ghost"])

@@ -197,7 +197,7 @@ async def test_every_queue_and_exporter_query_uses_an_index(
         await repository.page(CAMPAIGN, export_type=ExportType.CODES, status=ExportStatus.FINISHED)
         await repository.counts_by_status()
         await repository.oldest_pending_created()
-        # Queue position and ETA of every answer with a PENDING export (DESIGN §9).
+        # Queue position and ETA of every answer with a PENDING export (contract §9).
         await repository.queue_until(utcnow())
         await repository.recent_finished(200)
         # Worker side: sweep, claim, run every exporter, record the outcome.

@@ -1,4 +1,4 @@
-"""Queue position and ETA (DESIGN §9) in API answers, over the real servers."""
+"""Queue position and ETA (contract §9) in API answers, over the real servers."""
 
 from __future__ import annotations
 

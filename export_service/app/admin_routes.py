@@ -1,4 +1,4 @@
-"""`/admin`: the admin console (DESIGN §10), static files shipped in the package.
+"""`/admin`: the admin console (contract §10), static files shipped in the package.
 
 The page only calls the public API from the browser, so it needs nothing here but its files; the
 header keeps it to its own origin: no inline script or style, nothing fetched from elsewhere.

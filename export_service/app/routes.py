@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from export_service import metrics, telemetry
 from export_service.app.auth import Authenticator, Principal
 from export_service.app.observability import REQUEST_ID
-from export_service.app.schemas import CreateExport, ListExports, valid_id
+from export_service.app.schemas import CODE_WAVES_NEED_DATE, CreateExport, ListExports, valid_id
 from export_service.ccpa import CcpaDeletion
 from export_service.errors import (
     BadRequest,
@@ -99,6 +99,20 @@ async def create_export(request: web.Request) -> web.Response:
         if any(err["loc"] == ("exportType",) for err in exc.errors()):
             raise BadRequest(
                 "BadRequest: unknown exportType", exportTypes=[t.value for t in ExportType]
+            ) from exc
+        if any(CODE_WAVES_NEED_DATE in err["msg"] for err in exc.errors()):
+            # Say which dates would have rows, so the caller need not guess one.
+            dates = sorted(
+                d
+                for d in await request.app[SERVICES]
+                .source_db["codes"]
+                .distinct("waveDateKey", {"campaignId": campaign_id})
+                if isinstance(d, str)
+            )
+            raise BadRequest(
+                f"BadRequest: {CODE_WAVES_NEED_DATE}; this campaign's wave dates: "
+                + (", ".join(dates) or "none"),
+                waveDateKeys=dates,
             ) from exc
         raise
     services = request.app[SERVICES]

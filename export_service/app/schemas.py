@@ -13,6 +13,7 @@ from export_service.models import ExportStatus, ExportType
 
 # Ids travel in paths and become equality values in queries; keep them to plain tokens.
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
+CODE_WAVES_NEED_DATE = "dateKey is required for codeWaves"
 
 
 # The exact set of real YYYYMMDD dates (years 0001-9999, leap years included), published in the
@@ -72,7 +73,7 @@ class CreateExport(BaseModel):
     @model_validator(mode="after")
     def _date_key_needed(self) -> CreateExport:
         if self.exportType is ExportType.CODE_WAVES and self.dateKey is None:
-            raise ValueError("dateKey is required for codeWaves")
+            raise ValueError(CODE_WAVES_NEED_DATE)
         return self
 
 

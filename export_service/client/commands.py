@@ -18,6 +18,7 @@ import aiohttp
 from rich.console import Console
 from rich.text import Text
 
+from export_service import devstate
 from export_service.app.auth import mint
 from export_service.client import render
 from export_service.client.api import ApiClient, ApiError, DownloadFailed, Export, download
@@ -34,11 +35,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--url", default=os.environ.get(URL_ENV), help=f"service base URL (env {URL_ENV}; "
-        "default http://EXPORT_SERVICE_HOST:EXPORT_SERVICE_PORT)",
+        "default: the running `export-service dev` instance's, else "
+        "http://EXPORT_SERVICE_HOST:EXPORT_SERVICE_PORT)",
     )  # fmt: skip
     common.add_argument(
         "--token", default=os.environ.get(TOKEN_ENV), help=f"bearer token (env {TOKEN_ENV}; "
-        "default: minted from the local secret when there is one, as after `export-service dev`)",
+        "default: minted from the running `export-service dev` instance's secret)",
     )  # fmt: skip
     common.add_argument("--campaign", required=True, help="campaign id")
     common.add_argument("--json", action="store_true", help="print the API's JSON instead")
@@ -79,11 +81,16 @@ def run(args: argparse.Namespace) -> int:
 async def execute(args: argparse.Namespace) -> int:
     out, err = render.console(), render.console(stderr=True)
     settings = Settings()
-    url = args.url or f"http://{settings.host}:{settings.port}"
-    token = args.token or _local_token(settings, args.campaign)
+    instance = devstate.running_instance()
+    url = args.url or (instance.url if instance else f"http://{settings.host}:{settings.port}")
+    token = args.token
     if token is None:
-        err.print(f"error: no token: pass --token or set {TOKEN_ENV}")
-        return EXIT_API
+        try:
+            secret, _ = devstate.local_secret(settings)
+        except devstate.NoLocalSecret as exc:
+            err.print(Text(f"error: pass --token or set {TOKEN_ENV}; {exc.message}"))
+            return EXIT_API
+        token = mint(secret, sub="export-service-cli", campaigns=[args.campaign], ttl_seconds=3600)
     async with aiohttp.ClientSession() as session:
         client = ApiClient(url, token, session)
         try:
@@ -186,16 +193,3 @@ def _print(out: Console, export: Export, as_json: bool) -> None:
 
 def _exit_code(export: Export) -> int:
     return EXIT_EXPORT_FAILED if export["status"] in ("FAILED", "EXPIRED") else EXIT_OK
-
-
-def _local_token(settings: Settings, campaign: str) -> str | None:
-    """A short-lived token from the secret this machine holds (dev convenience), if any."""
-    secret: str | None = None
-    if settings.jwt_secret is not None:
-        secret = settings.jwt_secret.get_secret_value()
-    elif settings.embedded:
-        path = Path(settings.data_dir) / "dev-jwt-secret"
-        secret = path.read_text().strip() if path.exists() else None
-    if secret is None:
-        return None
-    return mint(secret, sub="export-service-cli", campaigns=[campaign], ttl_seconds=3600)

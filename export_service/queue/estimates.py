@@ -1,4 +1,4 @@
-"""Queue position and time estimates (DESIGN §9), from the queue ahead and recent finished runs.
+"""Queue position and time estimates (contract §9), from the queue ahead and recent finished runs.
 
 Kept simple on purpose: a PENDING export starts once the running exports end and every export
 ahead of it has run. A running export with a known total ends at its rate so far; any other

@@ -1,4 +1,4 @@
-// The admin console (DESIGN §10): plain JS over the public API, nothing loaded from elsewhere.
+// The admin console (contract §10): plain JS over the public API, nothing loaded from elsewhere.
 // Data is always put in the page with textContent, never as HTML.
 "use strict";
 
@@ -384,7 +384,7 @@
       body.dateKey = dateKey;
     }
     if ($("include-all-markets").checked) body.includeAllMarkets = true;
-    // Filters (DESIGN §12) go in the body only when given.
+    // Filters (contract §12) go in the body only when given.
     const filters = {};
     const markets = $("filter-markets").value.split(",").map((m) => m.trim()).filter(Boolean);
     if (markets.length) filters.marketIds = markets;

@@ -1,0 +1,156 @@
+"""A newcomer's `export-service dev`: real processes, as at the console.
+
+The client commands find the running instance from any directory (the per-user state file), never
+mint with a second secret, and say what they looked for when there is nothing to find; the embedded
+servers are reused only when this service started them; without the embedded extra the command
+says in one line what to set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from export_service.embedded import stop_process, wait_for_port
+from tests.conftest import free_port
+
+CLI = [sys.executable, "-m", "export_service.cli"]
+
+
+def clean_env(tmp: Path, **extra: str) -> dict[str, str]:
+    """The console's environment without any EXPORT_SERVICE_* setting of the test run."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORT_SERVICE_")}
+    env["XDG_STATE_HOME"] = str(tmp / "state")
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    env.update(extra)
+    return env
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(CLI + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+@dataclass
+class Dev:
+    env: dict[str, str]
+    url: str
+    data_dir: Path
+    process: subprocess.Popen[bytes]
+
+
+def start_dev(tmp: Path, data_dir: Path) -> Dev:
+    api_port = free_port()
+    env = clean_env(
+        tmp,
+        EXPORT_SERVICE_DATA_DIR=str(data_dir),
+        EXPORT_SERVICE_PORT=str(api_port),
+        EXPORT_SERVICE_EMBEDDED_MONGO_PORT=str(free_port()),
+        EXPORT_SERVICE_EMBEDDED_S3_PORT=str(free_port()),
+        EXPORT_SERVICE_ENCODER_PROCESSES="0",
+    )
+    where = tmp / "dev-cwd"
+    where.mkdir(exist_ok=True)
+    with (tmp / "dev.log").open("ab") as log:
+        process = subprocess.Popen([*CLI, "dev", "--entries", "40"], cwd=where, env=env,
+                                   stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        wait_for_port(api_port, process, "export-service dev", 120)
+    except RuntimeError:
+        stop_process(process)
+        raise RuntimeError((tmp / "dev.log").read_text()) from None
+    return Dev(env, f"http://127.0.0.1:{api_port}", data_dir, process)
+
+
+@pytest.fixture
+def dev(tmp_path: Path) -> Iterator[Dev]:
+    instance = start_dev(tmp_path, tmp_path / "data")
+    try:
+        yield instance
+    finally:
+        stop_process(instance.process)
+
+
+def get(url: str, token: str) -> int:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        status: int = answer.status
+        return status
+
+
+def test_client_commands_find_the_dev_instance_from_another_directory(
+    dev: Dev, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = clean_env(tmp_path)  # no URL, no token, no data dir: only the state file
+
+    state = tmp_path / "state" / "export-service" / "dev.json"
+    assert state.stat().st_mode & 0o777 == 0o600
+    assert json.loads(state.read_text())["url"] == dev.url
+
+    listed = run(["list", "--campaign", "demo-campaign", "--json"], elsewhere, env)
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout) == []
+
+    minted = run(["token", "--campaign", "demo-campaign"], elsewhere, env)
+    assert minted.returncode == 0, minted.stderr
+    assert get(f"{dev.url}/campaigns/demo-campaign/exports", minted.stdout.strip()) == 200
+    # No second secret anywhere: not in the other directory, and the instance's is unchanged.
+    assert not (elsewhere / ".export-service").exists()
+    assert len(list(tmp_path.rglob("dev-jwt-secret"))) == 1
+
+    # Another command with the same data directory reuses the servers `dev` started.
+    seeded = run(["seed", "--campaign", "second", "--entries", "5"], elsewhere, dev.env)
+    assert seeded.returncode == 0, seeded.stderr
+    assert "seeded" in seeded.stdout
+
+    stop_process(dev.process)
+    assert not state.exists()
+    gone = run(["list", "--campaign", "demo-campaign"], elsewhere, env)
+    assert gone.returncode == 1
+    assert str(state) in gone.stderr and "EXPORT_SERVICE_JWT_SECRET" in gone.stderr
+    assert "Traceback" not in gone.stderr
+    assert run(["token"], elsewhere, env).returncode == 1
+
+
+def test_a_port_taken_by_another_server_is_refused_not_reused(tmp_path: Path) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        env = clean_env(
+            tmp_path,
+            EXPORT_SERVICE_DATA_DIR=str(tmp_path / "data"),
+            EXPORT_SERVICE_EMBEDDED_MONGO_PORT=str(port),
+            EXPORT_SERVICE_EMBEDDED_S3_PORT=str(free_port()),
+        )
+        answer = run(["seed", "--entries", "5"], tmp_path, env)
+    assert answer.returncode == 1
+    (line,) = answer.stderr.strip().splitlines()
+    assert f"port {port} is taken" in line and "EXPORT_SERVICE_EMBEDDED_MONGO_PORT" in line
+    assert not (tmp_path / "data" / "mongo").exists()  # nothing started, nothing written
+
+
+def test_without_the_embedded_extra_one_line_says_what_to_set(tmp_path: Path) -> None:
+    # `None` in sys.modules is how Python spells "this module cannot be imported".
+    script = (
+        "import sys; sys.modules['secantus'] = None; "
+        "from export_service.cli import main; sys.exit(main(['serve']))"
+    )
+    answer = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=clean_env(tmp_path),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert answer.returncode == 1
+    (line,) = answer.stderr.strip().splitlines()
+    assert "EXPORT_SERVICE_MONGO_URI" in line and "export-service[embedded]" in line
+    assert "SecantusDB" in line
