@@ -64,6 +64,9 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         populate_by_name=True,
+        # A start-up error names the setting and the reason, never the value: it may be a
+        # secret (a webhook's `whsec_` key, a Mongo URI with its password).
+        hide_input_in_errors=True,
     )
 
     # --- MongoDB -------------------------------------------------------------------------

@@ -23,7 +23,7 @@ SECRET_MAX_BYTES = 64
 
 
 class WebhookSubscription(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$")
     url: str
