@@ -19,6 +19,7 @@ from export_service.app.auth import mint
 from export_service.app.factory import create_app
 from export_service.client import commands as client_commands
 from export_service.embedded import EmbeddedUnavailable, embedded_servers
+from export_service.lost_objects import EMBEDDED_RESTART, purge_exports_with_lost_objects
 from export_service.runtime import Services, dev_jwt_secret
 from export_service.settings import Settings
 from export_service.worker_http import worker_listener
@@ -102,6 +103,18 @@ async def _seed(settings: Settings, campaign_id: str, entries: int, seed: int, f
         print("seeded " + ", ".join(f"{n} {c}" for c, n in counts.items()))
 
 
+async def _purge_lost_objects(settings: Settings) -> None:
+    """After a restart of the in-memory embedded S3, no FINISHED export points at a 404."""
+    if settings.s3_endpoint_url is not None:
+        return
+    async with Services.open(settings) as services:
+        lost = await purge_exports_with_lost_objects(services.repository, services.storage)
+    if lost:
+        print(f"{len(lost)} FINISHED export(s) lost their files when the embedded S3 server "
+              f"(in memory) restarted: marked purged (reason {EMBEDDED_RESTART}); "
+              f"request them again", flush=True)  # fmt: skip
+
+
 def _demo_banner(settings: Settings) -> str:
     token = mint(dev_jwt_secret(settings), sub="demo-admin", campaigns=[DEMO_CAMPAIGN],
                  supreme=True, ttl_seconds=12 * 3600)  # fmt: skip
@@ -183,6 +196,7 @@ def _run(command: str, settings: Settings, args: argparse.Namespace) -> None:
         asyncio.run(_seed(settings, args.campaign, args.entries, args.seed, args.fresh))
     elif command == "dev":
         asyncio.run(_seed(settings, DEMO_CAMPAIGN, args.entries, 42, fresh=False))
+        asyncio.run(_purge_lost_objects(settings))
         with _published(settings):
             print(_demo_banner(settings), flush=True)
             _serve(settings, run_worker=True)

@@ -111,6 +111,8 @@ class Export:
     # contract §9: a cancel of a TRIGGERED export is a request its worker carries out.
     cancel_requested: bool = False
     cancelled_by: str | None = None
+    # contract §13's shape: the export's objects are gone ({date, reason}); its files stay listed.
+    purged: dict[str, Any] | None = None
 
     @property
     def terminal(self) -> bool:
@@ -138,6 +140,7 @@ class Export:
             request_id=doc.get("requestId"),
             cancel_requested=bool(doc.get("cancelRequested")),
             cancelled_by=doc.get("cancelledBy"),
+            purged=doc.get("purged"),
         )
 
     def to_api(self) -> dict[str, Any]:
@@ -166,6 +169,9 @@ class Export:
             body["cancelRequested"] = True
         if self.cancelled_by is not None:
             body["cancelledBy"] = self.cancelled_by
+        if self.purged is not None:
+            body["purged"] = {"date": iso(self.purged.get("date")),
+                              "reason": str(self.purged.get("reason"))}  # fmt: skip
         return body
 
     @property

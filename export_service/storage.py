@@ -108,6 +108,15 @@ class Storage:
             except StorageError:
                 await self.call("create_bucket", Bucket=name)
 
+    async def exists(self, bucket: str, key: str) -> bool:
+        try:
+            await self.call("head_object", Bucket=bucket, Key=key)
+        except StorageError as exc:
+            if exc.payload.get("s3_code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
     async def presign(self, bucket: str, key: str) -> str:
         url: str = await self._s3.generate_presigned_url(
             "get_object",

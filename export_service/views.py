@@ -12,7 +12,8 @@ from export_service.storage import Storage
 async def signed_export(storage: Storage, export: Export) -> dict[str, Any]:
     """`Export.to_api()` plus a signed `url` per file and `path` for a single file (FINISHED)."""
     body = export.to_api()
-    if export.status is ExportStatus.FINISHED and export.files:
+    # A purged export's objects are gone: its files are listed without URLs.
+    if export.status is ExportStatus.FINISHED and export.files and export.purged is None:
         urls = await asyncio.gather(*(storage.presign(f.bucket, f.key) for f in export.files))
         for entry, url in zip(body["files"], urls, strict=True):
             entry["url"] = url

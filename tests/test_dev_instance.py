@@ -154,3 +154,36 @@ def test_without_the_embedded_extra_one_line_says_what_to_set(tmp_path: Path) ->
     (line,) = answer.stderr.strip().splitlines()
     assert "EXPORT_SERVICE_MONGO_URI" in line and "export-service[embedded]" in line
     assert "SecantusDB" in line
+
+
+def test_restarting_dev_leaves_no_finished_export_pointing_at_a_lost_object(
+    tmp_path: Path,
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = clean_env(tmp_path)
+    first = start_dev(tmp_path, tmp_path / "data")
+    try:
+        done = run(["submit", "--campaign", "demo-campaign", "--type", "codes", "--wait",
+                    "--json", "--interval", "0.1"], elsewhere, env)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        export = json.loads(done.stdout)
+        assert export["status"] == "FINISHED" and export["path"]
+    finally:
+        stop_process(first.process)
+
+    # The embedded S3 server keeps objects in memory: the restart loses the file, not the document.
+    second = start_dev(tmp_path, tmp_path / "data")
+    try:
+        answer = run(["status", export["id"], "--campaign", "demo-campaign", "--json"],
+                     elsewhere, env)  # fmt: skip
+        assert answer.returncode == 0, answer.stderr
+        after = json.loads(answer.stdout)
+        assert after["status"] == "FINISHED"
+        assert after["purged"]["reason"] == "embedded-restart"
+        assert "path" not in after and all("url" not in f for f in after["files"])
+        assert after["files"][0]["key"] == export["files"][0]["key"]
+    finally:
+        stop_process(second.process)
+    log = (tmp_path / "dev.log").read_text()
+    assert "1 FINISHED export(s) lost their files" in log

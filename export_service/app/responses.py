@@ -124,6 +124,21 @@ class ExportView(BaseModel):
         default=None,
         description="Webhook deliveries of this terminal export, one per matching subscription.",
     )
+    purged: PurgedView | None = Field(
+        default=None,
+        description="Set once the export's objects are gone; its files are then listed without "
+        "URLs and there is no `path`.",
+    )
+
+
+class PurgedView(BaseModel):
+    model_config = _STRICT
+
+    date: str = Field(description="When the objects were found or made gone (ISO 8601 UTC).")
+    reason: str = Field(
+        description="`retention` (contract §13), or `embedded-restart`: the embedded S3 server, "
+        "which keeps objects in memory, was restarted."
+    )
 
 
 class WebhookEventBody(BaseModel):

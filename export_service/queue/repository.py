@@ -259,6 +259,19 @@ class ExportRepository:
         # embedded server does not see it as implied and would scan every export.
         return await self._exports.find_one({"dedupeKey": key}, hint="dedupe")
 
+    async def finished_unpurged(self) -> list[Export]:
+        """FINISHED exports whose objects should still exist (a dev-sized scan)."""
+        cursor = self._exports.find({"status": ExportStatus.FINISHED.value, "purged": None})
+        return [Export.from_doc(doc) async for doc in cursor]
+
+    async def mark_purged(self, export_id: str, reason: str) -> bool:
+        """Record that a FINISHED export's objects are gone; False if it changed meanwhile."""
+        result = await self._exports.update_one(
+            {"_id": export_id, "status": ExportStatus.FINISHED.value, "purged": None},
+            {"$set": {"purged": {"date": utcnow(), "reason": reason}}},
+        )
+        return result.modified_count == 1
+
     async def get(self, export_id: str) -> Export | None:
         doc = await self._exports.find_one({"_id": export_id})
         return Export.from_doc(doc) if doc else None
