@@ -1,0 +1,256 @@
+"""The partitioned types against fanlist as the number of partitions grows (contract §15).
+
+Run from the repository root:
+
+    .venv/bin/python bench/partitioned.py                     # 10 k entries, 2/8/24/64 promoters
+    .venv/bin/python bench/partitioned.py --entries 100000 --partitions 24
+    .venv/bin/python bench/partitioned.py --plot docs/partitioned.png   # needs the `bench` extra
+
+Starts SecantusDB and moto, seeds one campaign per partition count (as many markets as
+promoters, so a fan's markets spread over that many promoters; the region/locale partitions of
+the reminder types follow the markets' countries), then runs `fanlist` and the four partitioned
+types one after the other, each in a fresh `export-service worker` process, so that each
+export's peak RSS is that process's own high-water mark (VmHWM). Time is the export's
+`date.finished - date.triggered` as the worker recorded it, reported as a ratio to the
+`fanlist` export of the same campaign in the same run (the server, a Python MongoDB-wire
+server, dominates absolute times). The spool directory's size is sampled every 20 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchlib import (
+    load,
+    machine,
+    machine_table,
+    moto_server,
+    process_peak_rss_mb,
+    s3_settings,
+    secantus_server,
+    table,
+    write_results,
+)
+
+from export_service.models import ExportType
+from export_service.runtime import Services
+from export_service.seed import SeedPlan, seed
+from export_service.settings import Settings
+
+TYPES = (
+    ExportType.FANLIST,
+    ExportType.REMINDER_EMAIL,
+    ExportType.REMINDER_EMAIL_SAMPLE,
+    ExportType.AUTO_REMINDER_EMAIL,
+    ExportType.PROMOTER_EMAIL_OPT_IN,
+)
+# The contract's targets on this machine (ratio to fanlist).
+TARGETS = {
+    ExportType.PROMOTER_EMAIL_OPT_IN: 1.3,  # at 24 promoters; within 20 % from 2 to 64
+    ExportType.REMINDER_EMAIL: 1.2,
+    ExportType.AUTO_REMINDER_EMAIL: 1.2,
+}
+
+
+def dir_bytes(root: Path) -> int:
+    total = 0
+    for path, _dirs, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(path, name)).st_size
+            except OSError:
+                continue  # removed meanwhile
+    return total
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORT_SERVICE_")}
+    for name in settings.model_fields_set:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env["EXPORT_SERVICE_" + name.upper()] = str(value)
+    env["EXPORT_SERVICE_LOG_LEVEL"] = "WARNING"
+    return env
+
+
+async def one_export(
+    services: Services, settings: Settings, campaign: str, export_type: ExportType
+) -> dict[str, Any]:
+    export, _ = await services.repository.create(
+        campaign_id=campaign,
+        campaign_name="Bench",
+        export_type=export_type,
+        requester_user_id="bench",
+        date_key=None,
+        include_all_markets=None,
+    )
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "export_service.cli",
+        "worker",
+        env=worker_env(settings),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    peak_spool = 0
+    try:
+        while True:
+            doc = await services.db["exports"].find_one({"_id": export.id})
+            assert doc is not None
+            if doc["status"] not in ("PENDING", "TRIGGERED"):
+                break
+            peak_spool = max(peak_spool, dir_bytes(settings.spool_dir))
+            await asyncio.sleep(0.02)
+        rss = process_peak_rss_mb(worker.pid)
+    finally:
+        worker.terminate()
+        await asyncio.wait_for(worker.wait(), 30)
+    assert doc["status"] == "FINISHED", doc.get("error")
+    seconds = (doc["date"]["finished"] - doc["date"]["triggered"]).total_seconds()
+    files = doc.get("files") or []
+    return {
+        "type": export_type.value,
+        "seconds": seconds,
+        "rows": sum(f["rows"] for f in files),
+        "files": len(files),
+        "bytes": sum(f["bytes"] for f in files),
+        "peak_rss_mb": rss,
+        "peak_spool_bytes": peak_spool,
+        "spool_left": dir_bytes(settings.spool_dir),
+    }
+
+
+async def run(args: argparse.Namespace, uri: str, s3: str, spool: Path) -> dict[str, Any]:
+    settings = Settings(
+        mongo_uri=uri,
+        mongo_db=f"bench_partitioned_{os.getpid()}",
+        spool_dir=spool,
+        encoder_processes=0,
+        polling_interval_millis=50,
+        heartbeat_interval_millis=1000,
+        **s3_settings(s3),
+    )
+    results: list[dict[str, Any]] = []
+    async with Services.open(settings, create_buckets=True) as services:
+        for partitions in args.partitions:
+            campaign = f"bench-{partitions}-{args.entries}"
+            plan = SeedPlan(
+                campaign_id=campaign,
+                entries=args.entries,
+                markets=partitions,
+                promoters=partitions,
+                sms_waves=0,
+            )
+            await seed(services.db, plan)
+            for _ in range(args.repeat):
+                before = load()
+                runs = [await one_export(services, settings, campaign, t) for t in TYPES]
+                fanlist = runs[0]["seconds"]
+                for r in runs:
+                    r.update(
+                        partitions=partitions,
+                        entries=args.entries,
+                        ratio=round(r["seconds"] / fanlist, 3),
+                        load_before=before,
+                        load_after=load(),
+                    )
+                    print(
+                        f"{partitions:>3} partitions {r['type']:<20} {r['seconds']:7.2f} s "
+                        f"x{r['ratio']:.2f}  rss {r['peak_rss_mb']:.0f} MB  "
+                        f"spool {r['peak_spool_bytes'] / 2**20:.1f} MiB  load {load()[0]}",
+                        flush=True,
+                    )
+                results.extend(runs)
+        await services.client.drop_database(settings.mongo_db)
+    return {"entries": args.entries, "results": results}
+
+
+def plot(results: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for export_type in TYPES[1:]:
+        points: dict[int, list[float]] = {}
+        for r in results:
+            if r["type"] == export_type.value:
+                points.setdefault(r["partitions"], []).append(r["ratio"])
+        xs = sorted(points)
+        ys = [sum(points[x]) / len(points[x]) for x in xs]
+        ax.plot(xs, ys, marker="o", label=export_type.value)
+    ax.axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
+    ax.axhline(1.3, color="tab:red", linewidth=0.8, linestyle="--", label="target 1.3 (promoter)")
+    ax.axhline(
+        1.2, color="tab:orange", linewidth=0.8, linestyle="--", label="target 1.2 (reminder)"
+    )
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted({r["partitions"] for r in results}))
+    ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.set_xlabel("promoters (= markets) in the campaign")
+    ax.set_ylabel("export time / fanlist time")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--entries", type=int, default=10_000)
+    parser.add_argument("--partitions", type=int, nargs="+", default=[2, 8, 24, 64])
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--plot", type=Path, help="draw ratio vs partitions to this PNG")
+    parser.add_argument("--name", default=None, help="results file name (bench/results/NAME.json)")
+    args = parser.parse_args()
+    info = machine()
+    started = time.time()
+    with (
+        secantus_server() as uri,
+        moto_server() as s3,
+        tempfile.TemporaryDirectory(prefix="bench-spool-") as spool,
+    ):
+        data = asyncio.run(run(args, uri, s3, Path(spool)))
+    data.update(machine=info, load_end=load(), wall_seconds=round(time.time() - started, 1))
+    rows = [
+        [
+            r["partitions"],
+            r["type"],
+            r["seconds"],
+            r["ratio"],
+            r["rows"],
+            r["files"],
+            r["peak_rss_mb"],
+            round(r["peak_spool_bytes"] / 2**20, 2),
+            r["load_before"][0],
+        ]
+        for r in data["results"]
+    ]
+    headers = ["parts", "type", "s", "x fanlist", "rows", "files", "RSS MB", "spool MiB", "load"]
+    print(machine_table(info))
+    print(table(f"{args.entries:,} entries", headers, rows))
+    name = args.name or f"partitioned-{args.entries}"
+    print("results:", write_results(name, data))
+    if args.plot is not None:
+        plot(data["results"], args.plot, f"{args.entries:,} entries, {info['cpu_model']}")
+        print("plot:", args.plot)
+
+
+if __name__ == "__main__":
+    main()
