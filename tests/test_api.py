@@ -7,8 +7,8 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import app_services, auth
-from tests.data import CAMPAIGN, add_campaign
+from tests.support.app import app_services, auth
+from tests.support.data import CAMPAIGN, add_campaign
 
 Client = TestClient[Any, Any]
 URL = f"/campaigns/{CAMPAIGN}/exports"

@@ -15,8 +15,8 @@ from urllib.parse import quote, unquote
 from aiohttp.test_utils import TestClient
 from pymongo.asynchronous.database import AsyncDatabase
 
-from tests.conftest import app_services, auth, token
-from tests.data import CAMPAIGN, add_campaign
+from tests.support.app import app_services, auth, token
+from tests.support.data import CAMPAIGN, add_campaign
 
 Client = TestClient[Any, Any]
 URL = f"/campaigns/{CAMPAIGN}/exports"

@@ -18,11 +18,12 @@ from export_service.app.factory import create_app
 from export_service.models import ExportStatus, ExportType, utcnow
 from export_service.runtime import Services
 from export_service.settings import Settings
-from tests.conftest import app_services, auth, make_settings
-from tests.data import CAMPAIGN, add_campaign, queue_exports
-from tests.faults import UPLOAD_PART, S3FaultProxy, operations
-from tests.reliability import WorkerProcess, multipart_uploads, object_keys, until
-from tests.test_queue import Gate, seed_big_entries
+from tests.support.app import app_services, auth, make_settings
+from tests.support.data import CAMPAIGN, add_campaign, queue_exports, seed_big_entries
+from tests.support.faults import UPLOAD_PART, S3FaultProxy, operations
+from tests.support.gates import Gate, until
+from tests.support.s3 import leftovers, multipart_uploads, object_keys
+from tests.support.workers import WorkerProcess
 
 Client = TestClient[Any, Any]
 URL = f"/campaigns/{CAMPAIGN}/exports"
@@ -35,12 +36,6 @@ def cancel_url(export_id: str, campaign: str = CAMPAIGN) -> str:
 
 async def docs(services: Services) -> list[dict[str, Any]]:
     return await services.db["exports"].find({}).sort("_id").to_list()
-
-
-async def nothing_in_s3(services: Services) -> None:
-    for bucket in services.settings.buckets.values():
-        assert await object_keys(services.storage, bucket) == []
-        assert await multipart_uploads(services.storage, bucket) == []
 
 
 async def test_cancel_pending_fails_it_and_a_repeat_changes_nothing(client: Client) -> None:
@@ -178,7 +173,7 @@ async def test_cancel_read_from_mongodb_stops_zip_objects_and_csv_runs(
     assert time.monotonic() - asked < CANCEL_WITHIN
     assert ended is not None and ended.status is ExportStatus.FAILED
     assert ended.error is not None and ended.error["code"] == "Cancelled"
-    await nothing_in_s3(services)
+    assert await leftovers(services) == []
     doc = await services.db["exports"].find_one({"_id": export.id})
     assert doc is not None and "slot" not in doc and "uploads" not in doc
 

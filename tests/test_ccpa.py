@@ -23,10 +23,11 @@ from export_service.models import ExportStatus, ExportType, utcnow
 from export_service.queue.repository import CCPA_OWNER, ExportRepository, PendingUpload
 from export_service.runtime import Services
 from export_service.settings import Settings
-from tests.conftest import app_services, auth, make_settings
-from tests.data import T0, add_campaign, entry
-from tests.faults import PUT_OBJECT, S3FaultProxy, S3Request
-from tests.test_queue import BIG, Gate
+from tests.support.app import app_services, auth, make_settings
+from tests.support.data import BIG, T0, add_campaign, entry
+from tests.support.faults import PUT_OBJECT, S3FaultProxy, S3Request
+from tests.support.gates import Gate
+from tests.support.s3 import multipart_uploads, object_keys
 
 Client = TestClient[Any, Any]
 Doc = dict[str, Any]
@@ -126,8 +127,7 @@ async def stored_export(
 
 
 async def keys(services: Services, bucket: str) -> set[str]:
-    answer = await services.storage.client.list_objects_v2(Bucket=bucket)
-    return {o["Key"] for o in answer.get("Contents") or []}
+    return set(await object_keys(services.storage, bucket))
 
 
 async def all_keys(services: Services) -> set[tuple[str, str]]:
@@ -137,11 +137,10 @@ async def all_keys(services: Services) -> set[tuple[str, str]]:
     return found
 
 
-async def multipart_uploads(services: Services) -> list[Doc]:
+async def all_uploads(services: Services) -> list[Doc]:
     uploads: list[Doc] = []
     for bucket in services.settings.buckets.values():
-        answer = await services.storage.client.list_multipart_uploads(Bucket=bucket)
-        uploads += answer.get("Uploads") or []
+        uploads += await multipart_uploads(services.storage, bucket)
     return uploads
 
 
@@ -386,7 +385,7 @@ async def test_running_and_pending_exports_are_deleted_and_leave_nothing(
         held = await services.db["exports"].find_one({"_id": running_id})
         assert held is not None and held["status"] == "TRIGGERED"
         assert len(held["uploads"]) == 1 and held["uploads"][0]["uploadId"]  # multipart
-        assert len(await multipart_uploads(services)) == 1
+        assert len(await all_uploads(services)) == 1
 
         with structlog.testing.capture_logs() as logs:
             status, body = await delete_user(client)
@@ -398,7 +397,7 @@ async def test_running_and_pending_exports_are_deleted_and_leave_nothing(
         # The running export's upload is aborted by the request itself (its worker may be dead).
         assert (status, body) == (200, {"deletedCount": {"exports": 2, "files": 0}})
         assert await export_ids(services) == set()
-        assert await multipart_uploads(services) == []
+        assert await all_uploads(services) == []
         audit = await services.db["ccpa_requests"].find_one({})
         assert audit is not None
         (aborted,) = [e for e in audit["exports"] if e["exportId"] == running_id]
@@ -408,7 +407,7 @@ async def test_running_and_pending_exports_are_deleted_and_leave_nothing(
         events = {e["event"] for e in logs}
         assert "export_lost" in events and "export_failed" not in events
         assert await all_keys(services) == set()
-        assert await multipart_uploads(services) == []
+        assert await all_uploads(services) == []
         assert await export_ids(services) == set()
         # The slot is free again and the deleted PENDING export never runs.
         worker.batch_hook = None
@@ -462,7 +461,7 @@ async def test_upload_of_a_dead_workers_export_is_aborted_by_the_request(client:
 
     assert await delete_user(client) == (200, {"deletedCount": {"exports": 1, "files": 0}})
 
-    assert await multipart_uploads(services) == []
+    assert await all_uploads(services) == []
     assert await export_ids(services) == set()
 
 
@@ -485,7 +484,7 @@ async def test_sweep_never_requeues_an_export_a_ccpa_request_took(client: Client
     swept = await services.repository.get(export_id)
     assert swept is not None and swept.status is ExportStatus.FAILED
     assert swept.error is not None and swept.error["code"] == "CcpaDeleted"
-    assert await multipart_uploads(services) == []
+    assert await all_uploads(services) == []
     assert await services.worker.drain() == []
     assert await delete_user(client) == (200, {"deletedCount": {"exports": 1, "files": 0}})
 

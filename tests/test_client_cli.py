@@ -24,10 +24,11 @@ from export_service.client import commands
 from export_service.client.api import DownloadFailed, download
 from export_service.client.render import ExportProgress
 from export_service.models import ExportStatus, ExportType
+from export_service.queue.repository import Beat
 from export_service.runtime import Services
 from export_service.settings import Settings
-from tests.conftest import JWT_SECRET, make_settings, token
-from tests.data import CAMPAIGN, add_campaign, entry
+from tests.support.app import JWT_SECRET, make_settings, token
+from tests.support.data import CAMPAIGN, add_campaign, entry
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -208,7 +209,7 @@ async def test_progress_is_written_every_progress_interval_while_the_export_runs
 
             async def heartbeat(
                 export_id: str, worker_id: str, processed: int | None = None
-            ) -> bool:
+            ) -> Beat:
                 mine = await real_heartbeat(export_id, worker_id, processed)
                 if processed:
                     written.set()

@@ -14,6 +14,7 @@ import sys
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import bson
 import pytest
@@ -25,12 +26,12 @@ from export_service.encoding.processes import EncoderProcesses, usable_cpus
 from export_service.errors import EncoderLost, EncoderStartFailed
 from export_service.models import ExportStatus, ExportType
 from export_service.runtime import Services
-from tests.conftest import make_settings
-from tests.data import CAMPAIGN, add_campaign, download, entry, run_export
-from tests.reliability import multipart_uploads, object_keys, until
-from tests.test_queue import Gate
+from tests.support.app import make_settings
+from tests.support.data import CAMPAIGN, add_campaign, entry, run_export
+from tests.support.gates import Gate, until
+from tests.support.s3 import download, multipart_uploads, object_keys
 
-CODEC = CodecOptions(tz_aware=False)
+CODEC: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=False)
 NAMES = {"m1": "Chicago", "m2": "'=Dublin"}
 
 
@@ -142,7 +143,7 @@ def test_an_encoder_process_imports_no_service_dependencies() -> None:
 async def _entries_file(services: Services) -> tuple[ExportStatus, bytes]:
     done = await run_export(services, ExportType.ENTRIES, include_all=True)
     assert done.status is ExportStatus.FINISHED, done.error
-    return done.status, await download(services, done.files[0].bucket, done.files[0].key)
+    return done.status, await download(services.storage, done.files[0].bucket, done.files[0].key)
 
 
 async def _seed(services: Services) -> None:

@@ -133,7 +133,7 @@ async def test_runner_reads_through_the_injected_reader_one_batch_ahead(
     _, count = await run_export(
         spec,
         ctx,
-        open_writer=lambda *args: None,  # type: ignore[arg-type,return-value]
+        open_writer=lambda *args: None,  # type: ignore[arg-type]
         on_total=nothing,
         on_progress=nothing,
         sink_factory=lambda spec, ctx, target: sink,
@@ -184,7 +184,7 @@ async def test_a_failed_batch_closes_the_reader_and_aborts_the_sink(services: Se
         await run_export(
             spec,
             ctx,
-            open_writer=lambda *args: None,  # type: ignore[arg-type,return-value]
+            open_writer=lambda *args: None,  # type: ignore[arg-type]
             on_total=nothing,
             on_progress=nothing,
             sink_factory=lambda spec, ctx, target: ListSink(log),

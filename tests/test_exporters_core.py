@@ -10,7 +10,8 @@ import aiohttp
 
 from export_service.models import ExportStatus, ExportType
 from export_service.runtime import Services
-from tests.data import CAMPAIGN, T0, add_campaign, download, entry, run_export
+from tests.support.data import CAMPAIGN, T0, add_campaign, entry, run_export
+from tests.support.s3 import download
 
 HEADER = (
     "entry_id,user_id,email,first_name,last_name,phone,postal_code,country_code,locale,"
@@ -69,7 +70,7 @@ async def test_entries_file_byte_for_byte(services: Services) -> None:
     (file,) = done.files
     assert file.bucket == services.settings.bucket_exports
     assert file.key == f"{CAMPAIGN}/entries/{done.id}.csv"
-    data = await body_of(services, file.bucket, file.key)
+    data = await body_of(services.storage, file.bucket, file.key)
     assert data == expected
     assert file.rows == done.count == 3
     assert file.bytes == len(expected)
@@ -82,7 +83,7 @@ async def test_entries_file_byte_for_byte(services: Services) -> None:
 
     # includeAllMarkets adds one row per additional market.
     all_markets = await run(services, ExportType.ENTRIES, include_all=True)
-    data = await body_of(services, all_markets.files[0].bucket, all_markets.files[0].key)
+    data = await body_of(services.storage, all_markets.files[0].bucket, all_markets.files[0].key)
     lines = data.decode().split("\r\n")
     assert all_markets.count == 4
     assert all_markets.progress["total"] == 4
@@ -119,7 +120,7 @@ async def test_codes_file_byte_for_byte(services: Services) -> None:
     )
     (file,) = done.files
     assert file.key == f"{CAMPAIGN}/codes/{done.id}.csv"
-    assert await body_of(services, file.bucket, file.key) == expected
+    assert await body_of(services.storage, file.bucket, file.key) == expected
     assert file.sha256 == hashlib.sha256(expected).hexdigest()
 
 
@@ -143,7 +144,7 @@ async def test_scoring_goes_to_scoring_bucket_with_owner_acl(services: Services)
     (file,) = done.files
     assert file.bucket == services.settings.bucket_scoring
     assert file.acl == "bucket-owner-full-control"
-    assert await body_of(services, file.bucket, file.key) == expected
+    assert await body_of(services.storage, file.bucket, file.key) == expected
 
 
 async def test_large_export_streams_in_parts_with_right_hash(services: Services) -> None:
@@ -154,7 +155,7 @@ async def test_large_export_streams_in_parts_with_right_hash(services: Services)
     await services.db["entries"].insert_many(docs)
     done = await run(services, ExportType.ENTRIES)
     (file,) = done.files
-    data = await body_of(services, file.bucket, file.key)
+    data = await body_of(services.storage, file.bucket, file.key)
     assert file.bytes == len(data) > 2 * services.settings.s3_part_size_bytes
     assert file.sha256 == hashlib.sha256(data).hexdigest()
     assert data.count(b"\r\n") == 131

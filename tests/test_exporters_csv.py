@@ -14,7 +14,7 @@ import pytest
 from export_service import seed
 from export_service.models import Export, ExportStatus, ExportType
 from export_service.runtime import Services
-from tests.data import CAMPAIGN, T0, add_campaign, entry, run_export
+from tests.support.data import CAMPAIGN, T0, add_campaign, entry, run_export
 
 Doc = dict[str, Any]
 

@@ -25,11 +25,11 @@ from export_service.exporters import CCPA_TYPES
 from export_service.models import Export, ExportStatus, ExportType
 from export_service.runtime import Services
 from export_service.settings import Settings
-from tests.conftest import make_settings
-from tests.data import CAMPAIGN, T0, add_campaign, download, entry, run_export
-from tests.faults import PUT_OBJECT, UPLOAD_PART, S3Request
-from tests.reliability import multipart_uploads, object_keys
-from tests.test_reliability_s3 import proxied
+from tests.support.app import make_settings
+from tests.support.data import CAMPAIGN, T0, add_campaign, entry, run_export
+from tests.support.faults import PUT_OBJECT, UPLOAD_PART, S3Request
+from tests.support.proxied import proxied
+from tests.support.s3 import download, multipart_uploads, object_keys
 
 Doc = dict[str, Any]
 OpenServices = Callable[..., Awaitable[Services]]
@@ -91,7 +91,7 @@ async def members(services: Services, done: Export) -> dict[str, list[list[str]]
     assert file.bucket == services.settings.bucket_exports
     assert file.key == f"{CAMPAIGN}/{done.export_type.value}/{done.id}.zip"
     assert file.acl == "private"
-    data = await download(services, file.bucket, file.key)
+    data = await download(services.storage, file.bucket, file.key)
     assert file.bytes == len(data)
     assert file.sha256 == hashlib.sha256(data).hexdigest()
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
@@ -103,14 +103,8 @@ async def members(services: Services, done: Export) -> dict[str, list[list[str]]
     return parsed
 
 
-async def keys_in(services: Services, bucket: str) -> list[str]:
-    listed = await services.storage.client.list_objects_v2(Bucket=bucket)
-    return [item["Key"] for item in listed.get("Contents", [])]
-
-
 async def uploads_in(services: Services, bucket: str) -> list[str]:
-    listed = await services.storage.client.list_multipart_uploads(Bucket=bucket)
-    return [item["Key"] for item in listed.get("Uploads", [])]
+    return [upload["Key"] for upload in await multipart_uploads(services.storage, bucket)]
 
 
 def person(user: str, **fields: Any) -> Doc:
@@ -291,7 +285,7 @@ async def test_reminder_email_bytes_are_rfc4180_utf8(services: Services) -> None
     )
     done = await run(services, ExportType.REMINDER_EMAIL)
     (file,) = done.files
-    data = await download(services, file.bucket, file.key)
+    data = await download(services.storage, file.bucket, file.key)
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         (info,) = archive.infolist()
         assert info.filename == "UK/en-gb-1.csv"
@@ -368,14 +362,14 @@ async def test_auto_reminder_email_one_object_per_file_under_sfmc_prefixes(
     }
     # Every object is in files[] and nothing else is in the bucket.
     assert sorted(f.key for f in done.files) == sorted(expected_keys)
-    assert sorted(await keys_in(services, sfmc)) == sorted(expected_keys)
-    assert await keys_in(services, services.settings.bucket_exports) == []
+    assert sorted(await object_keys(services.storage, sfmc)) == sorted(expected_keys)
+    assert await object_keys(services.storage, services.settings.bucket_exports) == []
 
     contents: dict[tuple[str, str], list[list[str]]] = defaultdict(list)
     for file in sorted(done.files, key=lambda f: f.key):
         assert file.bucket == sfmc
         assert file.acl == "private"
-        data = await download(services, sfmc, file.key)
+        data = await download(services.storage, sfmc, file.key)
         assert (file.bytes, file.sha256) == (len(data), hashlib.sha256(data).hexdigest())
         rows = parse(data)
         assert rows[0] == REMINDER_HEADER
@@ -402,7 +396,7 @@ async def test_auto_reminder_email_region_without_prefix_fails_before_writing(
     assert done.error is not None
     assert done.error["code"] == "SfmcPrefixNotConfigured"
     assert "UK" in done.error["message"]
-    assert await keys_in(services, services.settings.bucket_sfmc) == []
+    assert await object_keys(services.storage, services.settings.bucket_sfmc) == []
 
 
 async def test_auto_reminder_email_custom_prefix_and_region_tables(
@@ -511,7 +505,7 @@ async def test_promoters_not_found_for_a_dangling_promoter(services: Services) -
     known = {p["_id"] async for p in services.db["promoters"].find({})}
     (missing,) = {p for m in markets for p in m["promoterIds"]} - known
     assert missing in done.error["message"]
-    assert await keys_in(services, services.settings.bucket_exports) == []
+    assert await object_keys(services.storage, services.settings.bucket_exports) == []
 
 
 @pytest.mark.parametrize(
@@ -530,7 +524,7 @@ async def test_no_markets_found(services: Services, export_type: ExportType) -> 
     assert done.status is ExportStatus.FAILED
     assert done.error is not None and done.error["code"] == "NoMarketsFound"
     for bucket in (services.settings.bucket_exports, services.settings.bucket_sfmc):
-        assert await keys_in(services, bucket) == []
+        assert await object_keys(services.storage, bucket) == []
 
 
 # ---- failures leave nothing behind --------------------------------------------------------
@@ -657,6 +651,7 @@ async def test_seeded_campaign_matches_independent_computation(services: Service
         for name, rows in (await members(services, promoters)).items()
     }
     assert got == promoter_users
+    assert promoters.count is not None
     assert sum(len(u) for u in promoter_users.values()) == promoters.count > 0
 
 
@@ -705,7 +700,7 @@ def expected_files(
         email = fields.get("email")
         if isinstance(email, str) and email.strip():
             partition = expected_partition(first)
-            market = markets.get(first.get("marketId")) or {}
+            market = markets.get(str(first.get("marketId"))) or {}
             reminders[partition].append(
                 [
                     email,
@@ -748,7 +743,7 @@ def expected_files(
 async def raw_members(services: Services, done: Export) -> dict[str, bytes]:
     assert done.status is ExportStatus.FINISHED, done.error
     (file,) = done.files
-    data = await download(services, file.bucket, file.key)
+    data = await download(services.storage, file.bucket, file.key)
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         return {name: archive.read(name) for name in archive.namelist()}
 
@@ -777,7 +772,7 @@ async def test_one_pass_files_are_byte_equal_to_an_independent_computation(
     prefixes = services.settings.sfmc_prefixes
     objects = {}
     for file in auto.files:
-        objects[file.key] = await download(services, file.bucket, file.key)
+        objects[file.key] = await download(services.storage, file.bucket, file.key)
     expected_objects = {}
     for name, data in full.items():
         match = re.fullmatch(r"([A-Z]+)/([a-z]{2}-[a-z]{2})-(\d+)\.csv", name)

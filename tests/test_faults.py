@@ -1,4 +1,4 @@
-"""Self-tests for tests/faults.py against real servers (SecantusDB, moto's S3 server)."""
+"""Self-tests for tests/support/faults.py against real servers (SecantusDB, moto's S3 server)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,8 @@ import contextlib
 import hashlib
 import io
 import json
-import socket
-import subprocess
-import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -21,13 +17,12 @@ import pytest
 from aiohttp import web
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutError
-from moto.server import ThreadedMotoServer
 from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError, ServerSelectionTimeoutError
 from yarl import URL
 
-from export_service.embedded import stop_process
-from tests.faults import S3FaultProxy, TcpProxy, classify_s3_request
+from tests.support.faults import S3FaultProxy, TcpProxy, classify_s3_request
+from tests.support.servers import port_of
 
 MiB = 1024 * 1024
 
@@ -37,66 +32,14 @@ MiB = 1024 * 1024
 # ---------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@pytest.fixture(scope="module")
-def mongo_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    port = _free_port()
-    data = tmp_path_factory.mktemp("secantus")
-    log = (data / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "secantus",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--storage-path",
-            str(data / "db"),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        _wait_listening(proc, port, data / "server.log")
-        yield port
-    finally:
-        stop_process(proc)
-        log.close()
-
-
-def _wait_listening(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
-    for _ in range(600):
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.1):
-            return
-        # Waiting on the process doubles as the pause between attempts and catches a crash.
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(0.05)
-            raise RuntimeError(f"secantus exited early:\n{log.read_text()}")
-    raise RuntimeError(f"secantus did not start listening:\n{log.read_text()}")
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+@pytest.fixture
+def mongo_port(mongo_uri: str) -> int:
+    return port_of(mongo_uri)
 
 
 @pytest.fixture
-async def s3_proxy(moto_url: str) -> AsyncIterator[S3FaultProxy]:
-    proxy = await S3FaultProxy.start(moto_url)
+async def s3_proxy(s3_endpoint: str) -> AsyncIterator[S3FaultProxy]:
+    proxy = await S3FaultProxy.start(s3_endpoint)
     try:
         yield proxy
     finally:
@@ -116,9 +59,9 @@ def s3_client(endpoint: str, **config: Any) -> Any:
 
 
 @pytest.fixture
-def bucket(moto_url: str) -> str:
+def bucket(s3_endpoint: str) -> str:
     name = f"faults-{uuid.uuid4().hex[:12]}"
-    s3_client(moto_url).create_bucket(Bucket=name)
+    s3_client(s3_endpoint).create_bucket(Bucket=name)
     return name
 
 
@@ -354,7 +297,7 @@ async def test_s3_proxy_forwards_http_faithfully() -> None:
 
 
 async def test_multipart_upload_survives_upload_part_failures(
-    s3_proxy: S3FaultProxy, bucket: str, moto_url: str
+    s3_proxy: S3FaultProxy, bucket: str, s3_endpoint: str
 ) -> None:
     # Seed 2 fails three UploadPart attempts (500 and 503) across two parts of four.
     rule = s3_proxy.fail_rate(0.3, seed=2)
@@ -390,7 +333,7 @@ async def test_multipart_upload_survives_upload_part_failures(
     assert s3_proxy.requests["CompleteMultipartUpload"] == 1
 
     expected = b"".join(parts)
-    direct = s3_client(moto_url)
+    direct = s3_client(s3_endpoint)
     body = await asyncio.to_thread(
         lambda: direct.get_object(Bucket=bucket, Key="big.bin")["Body"].read()
     )
@@ -466,14 +409,14 @@ async def test_stall_makes_client_read_timeout_fire(s3_proxy: S3FaultProxy, buck
 
 
 async def test_drop_loses_the_answer_and_retries_recover(
-    s3_proxy: S3FaultProxy, bucket: str, moto_url: str
+    s3_proxy: S3FaultProxy, bucket: str, s3_endpoint: str
 ) -> None:
     rule = s3_proxy.drop_rate(1.0, match="PutObject", after_forward=True)
     once = s3_client(s3_proxy.url, retries={"total_max_attempts": 1, "mode": "standard"})
     with pytest.raises(ConnectionClosedError):
         await asyncio.to_thread(once.put_object, Bucket=bucket, Key="applied", Body=b"v1")
     # The write reached S3 even though the client saw a dropped connection.
-    head = await asyncio.to_thread(s3_client(moto_url).head_object, Bucket=bucket, Key="applied")
+    head = await asyncio.to_thread(s3_client(s3_endpoint).head_object, Bucket=bucket, Key="applied")
     assert head["ContentLength"] == 2
     rule.remove()
 

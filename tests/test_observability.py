@@ -32,8 +32,8 @@ from export_service.models import ExportStatus, ExportType, utcnow
 from export_service.runtime import Services
 from export_service.settings import Settings
 from export_service.worker_http import worker_listener
-from tests.conftest import app_services, auth
-from tests.data import CAMPAIGN, add_campaign, entry
+from tests.support.app import app_services, auth
+from tests.support.data import CAMPAIGN, add_campaign, entry
 
 Client = TestClient[Any, Any]
 URL = f"/campaigns/{CAMPAIGN}/exports"

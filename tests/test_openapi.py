@@ -18,8 +18,8 @@ from pydantic import ValidationError
 
 from export_service.app.openapi import openapi_document
 from export_service.app.schemas import DATE_KEY_PATTERN, CreateExport
-from tests.conftest import app_services, auth
-from tests.data import CAMPAIGN, add_campaign
+from tests.support.app import app_services, auth
+from tests.support.data import CAMPAIGN, add_campaign
 
 Client = TestClient[Any, Any]
 HTTP_METHODS = {"get", "post", "put", "patch", "delete"}

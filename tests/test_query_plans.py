@@ -31,6 +31,7 @@ from export_service.settings import Settings
 from export_service.storage import Storage
 from export_service.webhooks.notifier import Notifier
 from export_service.webhooks.outbox import Outbox
+from tests.support.plans import plan_nodes
 
 Doc = dict[str, Any]
 CAMPAIGN = "plans-campaign"
@@ -85,20 +86,16 @@ def shape(value: Any) -> Any:
 
 
 def stages(plan: Doc) -> list[str]:
-    found = [str(plan.get("stage", ""))]
-    for child in [plan.get("inputStage"), *(plan.get("inputStages") or [])]:
-        if isinstance(child, dict):
-            found.extend(stages(child))
-    return found
+    return [str(node.get("stage", "")) for node in plan_nodes(plan)]
 
 
 def winning_plan(explained: Doc) -> Doc:
     if "queryPlanner" in explained:
         plan: Doc = explained["queryPlanner"]["winningPlan"]
-        return plan.get("queryPlan", plan)  # MongoDB 7+ nests the classic plan
-    first = explained["stages"][0]["$cursor"]  # an aggregate's explain
-    plan = first["queryPlanner"]["winningPlan"]
-    return plan.get("queryPlan", plan)
+    else:
+        plan = explained["stages"][0]["$cursor"]["queryPlanner"]["winningPlan"]  # an aggregate's
+    nested: Doc = plan.get("queryPlan", plan)  # MongoDB 7+ nests the classic plan
+    return nested
 
 
 @dataclass(frozen=True)
@@ -124,7 +121,7 @@ def as_queries(name: str, command: Doc) -> list[Query]:
     if name == "count":
         return [Query(clean["count"], {"find": clean["count"], "filter": clean.get("query", {})})]
     statements = clean.get("updates") or clean.get("deletes") or []
-    collection = clean.get("update") or clean.get("delete")
+    collection: str = clean.get("update") or clean.get("delete") or ""
     return [
         Query(collection, {"find": collection, "filter": s["q"], **({"hint": s["hint"]} if "hint" in s else {})})
         for s in statements

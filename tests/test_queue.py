@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import Any
 
 import pytest
 
@@ -13,44 +12,14 @@ from export_service.queue.repository import PendingUpload
 from export_service.queue.worker import Worker
 from export_service.runtime import Services
 from export_service.settings import Settings
-from tests.conftest import make_settings
-from tests.data import CAMPAIGN, add_campaign, entry, queue_exports
-
-BIG = "x" * 110_000  # 50 such rows exceed one 5 MiB part: the upload goes multipart
-
-
-async def seed_big_entries(services: Services, n: int = 60) -> None:
-    await add_campaign(services.db, preferences=[{"id": "note", "label": "Note"}])
-    docs = [entry(f"e{i:03d}", f"u{i:03d}") for i in range(n)]
-    for doc in docs:
-        doc["fields"]["note"] = BIG
-    await services.db["entries"].insert_many(docs)
+from tests.support.app import make_settings
+from tests.support.data import CAMPAIGN, add_campaign, queue_exports, seed_big_entries
+from tests.support.gates import Gate
+from tests.support.s3 import multipart_uploads, object_keys
 
 
 def second_worker(services: Services, settings: Settings | None = None) -> Worker:
     return Worker(services.repository, services.db, services.storage, settings or services.settings)
-
-
-async def multipart_uploads(services: Services, bucket: str) -> list[dict[str, Any]]:
-    answer = await services.storage.client.list_multipart_uploads(Bucket=bucket)
-    return list(answer.get("Uploads") or [])
-
-
-async def object_keys(services: Services, bucket: str) -> list[str]:
-    answer = await services.storage.client.list_objects_v2(Bucket=bucket)
-    return [o["Key"] for o in answer.get("Contents") or []]
-
-
-class Gate:
-    """A batch hook that holds an export mid-run until released: no sleeps needed."""
-
-    def __init__(self) -> None:
-        self.reached = asyncio.Event()
-        self.release = asyncio.Event()
-
-    async def __call__(self, export: Export, rows: int) -> None:
-        self.reached.set()
-        await self.release.wait()
 
 
 async def test_claim_runs_each_export_exactly_once_with_two_workers(services: Services) -> None:
@@ -141,7 +110,9 @@ async def test_timeout_expires_export_and_leaves_no_object(
             uploads_seen: list[int] = []
 
             async def hold(exp: Export, rows: int) -> None:
-                uploads_seen.append(len(await multipart_uploads(services, settings.bucket_exports)))
+                uploads_seen.append(
+                    len(await multipart_uploads(services.storage, settings.bucket_exports))
+                )
                 await asyncio.Event().wait()  # never released: only the timeout ends this
 
             services.worker.batch_hook = hold
@@ -150,8 +121,8 @@ async def test_timeout_expires_export_and_leaves_no_object(
             assert result.status is ExportStatus.EXPIRED
             assert "expired" in result.date
             assert uploads_seen == [1]  # a multipart upload was really under way
-            assert await multipart_uploads(services, settings.bucket_exports) == []
-            assert await object_keys(services, settings.bucket_exports) == []
+            assert await multipart_uploads(services.storage, settings.bucket_exports) == []
+            assert await object_keys(services.storage, settings.bucket_exports) == []
             doc = await services.db["exports"].find_one({"_id": export.id})
             assert doc is not None and "slot" not in doc and "dedupeKey" not in doc
         finally:
@@ -168,8 +139,8 @@ async def test_shutdown_past_grace_requeues_and_cleans_up(services: Services) ->
     await services.worker.shutdown(grace=0)
     requeued = await running
     assert requeued is not None and requeued.status is ExportStatus.PENDING
-    assert await multipart_uploads(services, services.settings.bucket_exports) == []
-    assert await object_keys(services, services.settings.bucket_exports) == []
+    assert await multipart_uploads(services.storage, services.settings.bucket_exports) == []
+    assert await object_keys(services.storage, services.settings.bucket_exports) == []
     assert await services.worker.process() is None  # a stopping worker claims nothing
     other = second_worker(services)
     (done,) = await other.drain()
@@ -209,7 +180,7 @@ async def test_sweep_requeues_dead_workers_export_and_aborts_its_upload(
     )
     assert await services.worker.sweep() == 1
     assert (await services.repository.get(export.id)).status is ExportStatus.PENDING  # type: ignore[union-attr]
-    assert await multipart_uploads(services, bucket) == []
+    assert await multipart_uploads(services.storage, bucket) == []
     (done,) = await services.worker.drain()
     assert done.status is ExportStatus.FINISHED
 

@@ -26,10 +26,10 @@ from pymongo import AsyncMongoClient
 from export_service import logs
 from export_service.app.factory import create_app
 from export_service.app.routes import SERVICES
-from tests.conftest import JWT_SECRET, app_services, auth, make_settings, token
-from tests.data import CAMPAIGN, add_campaign
-from tests.faults import TcpProxy
-from tests.reliability import until
+from tests.support.app import JWT_SECRET, app_services, auth, make_settings, token
+from tests.support.data import CAMPAIGN, add_campaign
+from tests.support.faults import TcpProxy
+from tests.support.gates import until
 
 Client = TestClient[Any, Any]
 OTHER = "camp-2"

@@ -18,10 +18,12 @@ from pymongo import AsyncMongoClient, monitoring
 from export_service.models import ExportType, utcnow
 from export_service.queue.repository import ExportRepository
 from export_service.runtime import Services
-from tests.conftest import app_services, auth, make_settings
-from tests.data import CAMPAIGN, add_campaign
-from tests.faults import PUT_OBJECT, S3FaultProxy, S3Request
-from tests.reliability import WorkerProcess, object_keys
+from tests.support.app import app_services, auth, make_settings
+from tests.support.data import CAMPAIGN, add_campaign
+from tests.support.faults import PUT_OBJECT, S3FaultProxy, S3Request
+from tests.support.plans import plan_nodes
+from tests.support.s3 import object_keys
+from tests.support.workers import WorkerProcess
 
 Client = TestClient[Any, Any]
 TERMINAL = {"FINISHED", "FAILED", "EXPIRED"}
@@ -142,16 +144,6 @@ class FindCommands(monitoring.CommandListener):
         pass
 
 
-def stages(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    found = [plan]
-    for key in ("inputStage", "queryPlan"):
-        if isinstance(plan.get(key), dict):
-            found += stages(plan[key])
-    for child in plan.get("inputStages") or []:
-        found += stages(child)
-    return found
-
-
 def clones(template: dict[str, Any], n: int, status: str) -> list[dict[str, Any]]:
     """Copies of a real export document, newer than it, in `status`."""
     docs = []
@@ -208,7 +200,7 @@ async def test_claim_is_an_index_lookup_whatever_the_queue_length(services: Serv
         candidate_plan = None
         for command in listener.commands:
             explained = await db.command("explain", command, verbosity="queryPlanner")
-            plan = stages(explained["queryPlanner"]["winningPlan"])
+            plan = plan_nodes(explained["queryPlanner"]["winningPlan"])
             assert not any(s.get("stage") == "COLLSCAN" for s in plan), (command, plan)
             assert any(s.get("stage") == "IXSCAN" for s in plan), (command, plan)
             if command.get("filter") == {"status": "PENDING"}:

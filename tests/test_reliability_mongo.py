@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, MutableMapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -26,14 +24,14 @@ from structlog.testing import capture_logs
 
 from export_service.app.factory import WORKER_TASK, create_app
 from export_service.app.routes import SERVICES
-from export_service.embedded import stop_process, wait_for_port
 from export_service.models import Export, ExportStatus, ExportType
 from export_service.runtime import Services
-from tests.conftest import auth, free_port, make_settings
-from tests.data import CAMPAIGN, queue_exports
-from tests.faults import TcpProxy
-from tests.reliability import multipart_uploads, object_keys, object_sha256, until
-from tests.test_queue import Gate, seed_big_entries
+from tests.support.app import auth, make_settings
+from tests.support.data import CAMPAIGN, queue_exports, seed_big_entries
+from tests.support.faults import TcpProxy
+from tests.support.gates import Gate, until
+from tests.support.s3 import multipart_uploads, object_keys, object_sha256
+from tests.support.servers import MongoServer, port_of
 
 Client = TestClient[Any, Any]
 URL = f"/campaigns/{CAMPAIGN}/exports"
@@ -48,11 +46,7 @@ FAST = {
 }
 
 
-def mongo_port(uri: str) -> int:
-    return int(uri.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
-
-
-def logged(logs: list[dict[str, Any]], event: str) -> int:
+def logged(logs: list[MutableMapping[str, Any]], event: str) -> int:
     return sum(1 for entry in logs if entry.get("event") == event)
 
 
@@ -96,7 +90,7 @@ async def assert_whole_object(services: Services, export: Export) -> None:
 
 async def test_database_unreachable_while_idle(mongo_uri: str, s3_endpoint: str) -> None:
     async with (
-        await TcpProxy.start("127.0.0.1", mongo_port(mongo_uri)) as proxy,
+        await TcpProxy.start("127.0.0.1", port_of(mongo_uri)) as proxy,
         running_service(f"mongodb://{proxy.address}/?directConnection=true", s3_endpoint) as (
             client,
             services,
@@ -136,7 +130,7 @@ async def _is_ready(client: Client) -> bool:
 
 async def test_database_unreachable_mid_export_is_retried(mongo_uri: str, s3_endpoint: str) -> None:
     async with (
-        await TcpProxy.start("127.0.0.1", mongo_port(mongo_uri)) as proxy,
+        await TcpProxy.start("127.0.0.1", port_of(mongo_uri)) as proxy,
         running_service(f"mongodb://{proxy.address}/?directConnection=true", s3_endpoint) as (
             client,
             services,
@@ -174,7 +168,7 @@ async def test_database_away_past_the_timeout_expires_the_export(
     mongo_uri: str, s3_endpoint: str
 ) -> None:
     async with (
-        await TcpProxy.start("127.0.0.1", mongo_port(mongo_uri)) as proxy,
+        await TcpProxy.start("127.0.0.1", port_of(mongo_uri)) as proxy,
         running_service(
             f"mongodb://{proxy.address}/?directConnection=true", s3_endpoint, timeout_millis=1500
         ) as (client, services),
@@ -207,33 +201,6 @@ async def test_database_away_past_the_timeout_expires_the_export(
         bucket = services.settings.bucket_exports
         assert await object_keys(services.storage, bucket) == []
         assert await multipart_uploads(services.storage, bucket) == []
-
-
-class MongoServer:
-    """A SecantusDB process of its own, to be stopped and started on the same port and data."""
-
-    def __init__(self, storage: Path) -> None:
-        self.port = free_port()
-        self.storage = storage
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def uri(self) -> str:
-        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
-
-    def start(self) -> None:
-        with (self.storage / "server.log").open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "secantus", "--host", "127.0.0.1", "--port", str(self.port),
-                 "--storage-path", str(self.storage / "data"), "--log-level", "WARNING"],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        wait_for_port(self.port, self.proc, "SecantusDB", 60)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, 15)
 
 
 @pytest.fixture
@@ -289,7 +256,7 @@ async def test_worker_cut_off_from_the_database_does_not_undo_the_rerun(
     """Worker A loses the database mid-export; worker B (still connected) takes the export
     over and finishes it. When A gets the database back, its own run must stop without
     touching what B wrote: both runs write the same key."""
-    async with await TcpProxy.start("127.0.0.1", mongo_port(mongo_uri)) as proxy:
+    async with await TcpProxy.start("127.0.0.1", port_of(mongo_uri)) as proxy:
         settings_a = make_settings(
             f"mongodb://{proxy.address}/?directConnection=true", s3_endpoint, **FAST
         )

@@ -6,65 +6,21 @@ What S3 holds is always checked straight at moto, never through the proxy.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any
 
 import pytest
 
-from export_service.models import Export, ExportStatus, ExportType
-from export_service.runtime import Services, s3_credentials
-from export_service.storage import Storage
-from tests.conftest import make_settings
-from tests.data import CAMPAIGN, queue_exports
-from tests.faults import (
+from export_service.models import ExportStatus, ExportType
+from export_service.runtime import Services
+from tests.support.data import CAMPAIGN, seed_big_entries
+from tests.support.faults import (
     COMPLETE_MPU,
     CREATE_MPU,
     PUT_OBJECT,
     UPLOAD_PART,
-    S3FaultProxy,
     operations,
 )
-from tests.reliability import multipart_uploads, object_keys, object_sha256
-from tests.test_queue import seed_big_entries
-
-
-@dataclass
-class Proxied:
-    services: Services  # its storage goes through the proxy
-    direct: Storage  # straight to moto
-    proxy: S3FaultProxy
-
-    @property
-    def bucket(self) -> str:
-        return self.services.settings.bucket_exports
-
-    async def queue(self, export_type: ExportType, n: int = 1) -> list[Export]:
-        return await queue_exports(self.services, n, export_type)
-
-    async def leftovers(self) -> tuple[list[str], list[dict[str, Any]]]:
-        return (
-            await object_keys(self.direct, self.bucket),
-            await multipart_uploads(self.direct, self.bucket),
-        )
-
-
-@asynccontextmanager
-async def proxied(mongo_uri: str, s3_endpoint: str, **overrides: Any) -> AsyncIterator[Proxied]:
-    proxy = await S3FaultProxy.start(s3_endpoint)
-    settings = make_settings(mongo_uri, proxy.url, **overrides)
-    try:
-        async with (
-            Services.open(settings, create_buckets=True) as services,
-            Storage.open(settings, s3_endpoint, s3_credentials(settings)) as direct,
-        ):
-            try:
-                yield Proxied(services, direct, proxy)
-            finally:
-                await services.client.drop_database(settings.mongo_db)
-    finally:
-        await proxy.close()
+from tests.support.proxied import proxied
+from tests.support.s3 import object_sha256
 
 
 async def add_codes(services: Services, n: int = 5) -> None:

@@ -21,18 +21,12 @@ from structlog.testing import capture_logs
 from export_service.models import ExportStatus, ExportType, utcnow
 from export_service.runtime import Services
 from export_service.settings import Settings
-from tests.conftest import JWT_SECRET, make_settings
-from tests.data import CAMPAIGN, add_campaign, queue_exports
-from tests.faults import PUT_OBJECT, UPLOAD_PART, S3FaultProxy, S3Request
-from tests.reliability import (
-    WorkerProcess,
-    multipart_uploads,
-    object_keys,
-    object_sha256,
-    pid_of,
-    until,
-)
-from tests.test_queue import seed_big_entries
+from tests.support.app import JWT_SECRET, make_settings
+from tests.support.data import CAMPAIGN, add_campaign, queue_exports, seed_big_entries
+from tests.support.faults import PUT_OBJECT, UPLOAD_PART, S3FaultProxy, S3Request
+from tests.support.gates import until
+from tests.support.s3 import multipart_uploads, object_keys, object_sha256
+from tests.support.workers import WorkerProcess, pid_of
 
 KILLS = 20
 WORKERS = 3

@@ -23,7 +23,7 @@ from export_service.models import ExportStatus, ExportType
 from export_service.runtime import Services
 from export_service.seed import SeedPlan, seed
 from export_service.settings import Settings
-from tests.conftest import make_settings
+from tests.support.app import make_settings
 
 Doc = dict[str, Any]
 CAMPAIGN = "scale-campaign"

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import app_services, token
-from tests.data import CAMPAIGN, add_campaign
+from tests.support.app import app_services, token
+from tests.support.data import CAMPAIGN, add_campaign
 
 schemathesis = pytest.importorskip(
     "schemathesis", reason="schemathesis==4.32.5 is a test dependency (pip install it)"

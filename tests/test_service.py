@@ -12,8 +12,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from export_service.app.factory import create_app
 from export_service.app.routes import SERVICES
-from tests.conftest import JWT_SECRET, auth, make_settings
-from tests.data import CAMPAIGN, add_campaign, entry
+from tests.support.app import JWT_SECRET, auth, make_settings
+from tests.support.data import CAMPAIGN, add_campaign, entry
 
 
 async def test_export_created_in_process_starts_without_waiting_for_a_poll(

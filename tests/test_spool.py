@@ -17,10 +17,12 @@ from export_service.models import Export, ExportStatus, ExportType
 from export_service.queue.repository import CCPA_OWNER
 from export_service.runtime import Services
 from export_service.settings import Settings
-from tests.conftest import make_settings
-from tests.data import add_campaign, entry, queue_exports
-from tests.faults import CREATE_MPU, PUT_OBJECT, S3FaultProxy, operations
-from tests.reliability import WorkerProcess, multipart_uploads, object_keys, until
+from tests.support.app import make_settings
+from tests.support.data import add_campaign, entry, queue_exports
+from tests.support.faults import CREATE_MPU, PUT_OBJECT, S3FaultProxy, operations
+from tests.support.gates import until
+from tests.support.s3 import leftovers
+from tests.support.workers import WorkerProcess
 
 PARTITIONED = (
     ExportType.REMINDER_EMAIL,
@@ -65,15 +67,6 @@ def is_locked(path: Path) -> bool:
     finally:
         os.close(fd)
     return False
-
-
-async def nothing_in_s3(services: Services) -> bool:
-    settings = services.settings
-    for bucket in (settings.bucket_exports, settings.bucket_sfmc):
-        storage = services.storage
-        if await object_keys(storage, bucket) or await multipart_uploads(storage, bucket):
-            return False
-    return True
 
 
 class Held:
@@ -144,7 +137,7 @@ async def test_spool_is_removed_on_every_outcome(
         assert ended is not None and ended.status is status
     assert spools(services.settings) == []
     if status is not ExportStatus.FINISHED:
-        assert await nothing_in_s3(services)
+        assert await leftovers(services) == []
 
 
 async def test_spool_is_removed_when_the_export_fails(seeded: Services) -> None:
@@ -156,7 +149,7 @@ async def test_spool_is_removed_when_the_export_fails(seeded: Services) -> None:
     assert done.status is ExportStatus.FAILED
     assert len(held.seen) == 1
     assert spools(services.settings) == []
-    assert await nothing_in_s3(services)
+    assert await leftovers(services) == []
 
 
 async def test_spool_is_removed_when_the_export_expires(
@@ -176,7 +169,7 @@ async def test_spool_is_removed_when_the_export_expires(
             assert done is not None and done.status is ExportStatus.EXPIRED
             assert len(held.seen) == 1
             assert spools(settings) == []
-            assert await nothing_in_s3(services)
+            assert await leftovers(services) == []
         finally:
             await services.client.drop_database(settings.mongo_db)
 
@@ -196,7 +189,7 @@ async def test_a_full_spool_fails_the_export_with_spool_disk_full(
             assert done.error is not None and done.error["code"] == "SpoolDiskFull"
             assert "SPOOL_MAX_BYTES" in done.error["message"]
             assert list(tmp_path.iterdir()) == []
-            assert await nothing_in_s3(services)
+            assert await leftovers(services) == []
         finally:
             await services.client.drop_database(settings.mongo_db)
 

@@ -31,9 +31,11 @@ from export_service.runtime import Services
 from export_service.settings import Settings
 from export_service.webhooks.delivery import Dispatcher, backoff
 from export_service.webhooks.outbox import DeliveryStatus, WebhookEvent
-from tests.conftest import app_services, auth, free_port, make_settings
-from tests.data import CAMPAIGN, add_campaign, entry, run_export
-from tests.reliability import WorkerProcess, until
+from tests.support.app import app_services, auth, make_settings
+from tests.support.data import CAMPAIGN, add_campaign, entry, run_export
+from tests.support.gates import until
+from tests.support.servers import free_port
+from tests.support.workers import WorkerProcess
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 OTHER_SECRET = "whsec_" + base64.b64encode(b"fedcba9876543210fedcba9876543210").decode()
@@ -500,7 +502,7 @@ def test_subscriptions_come_from_the_environment_and_names_are_unique(
     hooks = [hook("crm", "https://hooks.example.com/a", exportTypes=["scoring"])]
     monkeypatch.setenv("EXPORT_SERVICE_WEBHOOKS", json.dumps(hooks))
     (parsed,) = Settings().webhooks
-    assert parsed.name == "crm" and parsed.exportTypes == {ExportType.SCORING}
+    assert parsed.name == "crm" and parsed.exportTypes == frozenset({ExportType.SCORING})
     assert SECRET not in repr(parsed)  # the secret stays out of reprs and logs
     monkeypatch.setenv("EXPORT_SERVICE_WEBHOOKS", json.dumps(hooks * 2))
     with pytest.raises(ValidationError, match="two webhook subscriptions are named 'crm'"):

@@ -1,23 +1,18 @@
-"""Helpers shared by the reliability tests: real worker processes and a look at what S3 holds."""
+"""Real worker processes: `export-service worker` as a child with exactly a test's settings."""
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, SecretStr
 
 from export_service.settings import Settings
-from export_service.storage import Storage
 
 ENV_PREFIX = "EXPORT_SERVICE_"
 
@@ -99,35 +94,3 @@ class WorkerProcess:
 def pid_of(worker_id: str) -> int:
     """Worker ids are `host:pid:nonce` (see `new_worker_id`)."""
     return int(worker_id.rsplit(":", 2)[1])
-
-
-async def object_keys(storage: Storage, bucket: str) -> list[str]:
-    answer = await storage.client.list_objects_v2(Bucket=bucket)
-    return sorted(o["Key"] for o in answer.get("Contents") or [])
-
-
-async def multipart_uploads(storage: Storage, bucket: str) -> list[dict[str, Any]]:
-    answer = await storage.client.list_multipart_uploads(Bucket=bucket)
-    return list(answer.get("Uploads") or [])
-
-
-async def object_sha256(storage: Storage, bucket: str, key: str) -> tuple[str, int]:
-    """sha256 and size of the object as S3 serves it (not as the writer computed it)."""
-    answer = await storage.client.get_object(Bucket=bucket, Key=key)
-    body: bytes = await answer["Body"].read()
-    return hashlib.sha256(body).hexdigest(), len(body)
-
-
-async def until(what: str, predicate: Callable[[], Any], timeout: float = 15) -> None:
-    """Bounded wait for another party (the service's own tasks, a server) to get somewhere."""
-    deadline = time.monotonic() + timeout
-    while not await _call(predicate):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
-async def _call(predicate: Callable[[], Any]) -> bool:
-    result = predicate()
-    if asyncio.iscoroutine(result):
-        result = await result
-    return bool(result)

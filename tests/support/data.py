@@ -14,6 +14,7 @@ Doc = dict[str, Any]
 
 CAMPAIGN = "camp-1"
 T0 = datetime(2026, 11, 23, 10, 0, 0)
+BIG = "x" * 110_000  # 50 such rows exceed one 5 MiB part: the upload goes multipart
 
 
 async def add_campaign(
@@ -95,13 +96,6 @@ async def run_export(
     return done
 
 
-async def download(services: Services, bucket: str, key: str) -> bytes:
-    answer = await services.storage.client.get_object(Bucket=bucket, Key=key)
-    async with answer["Body"] as stream:
-        data: bytes = await stream.read()
-    return data
-
-
 async def queue_exports(services: Services, n: int, export_type: ExportType) -> list[Export]:
     """`n` PENDING exports of one type; distinct dateKeys keep dedupe from merging them."""
     created = []
@@ -116,3 +110,12 @@ async def queue_exports(services: Services, n: int, export_type: ExportType) -> 
         )
         created.append(export)
     return created
+
+
+async def seed_big_entries(services: Services, n: int = 60) -> None:
+    """A campaign whose `n` entries carry a BIG note each: the entries file goes multipart."""
+    await add_campaign(services.db, preferences=[{"id": "note", "label": "Note"}])
+    docs = [entry(f"e{i:03d}", f"u{i:03d}") for i in range(n)]
+    for doc in docs:
+        doc["fields"]["note"] = BIG
+    await services.db["entries"].insert_many(docs)

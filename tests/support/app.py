@@ -1,0 +1,55 @@
+"""Settings on the test servers, tokens signed with the test secret, the app's services."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from export_service.app.auth import mint
+from export_service.app.routes import SERVICES
+from export_service.runtime import Services
+from export_service.settings import Settings
+
+JWT_SECRET = "test-secret-which-is-long-enough-for-hs256"
+
+
+def make_settings(mongo_uri: str, s3_endpoint: str, **overrides: Any) -> Settings:
+    """Settings on the given servers with a database and buckets of their own."""
+    tag = uuid.uuid4().hex[:10]
+    values: dict[str, Any] = {
+        "mongo_uri": mongo_uri,
+        "mongo_db": f"t_{tag}",
+        "s3_endpoint_url": s3_endpoint,
+        "s3_addressing_style": "path",
+        "s3_access_key_id": "test",
+        "s3_secret_access_key": "test",
+        "s3_call_timeout_seconds": 10,
+        "bucket_exports": f"exports-{tag}",
+        "bucket_scoring": f"scoring-{tag}",
+        "bucket_vf_scoring": f"vf-scoring-{tag}",
+        "bucket_sfmc": f"sfmc-{tag}",
+        "jwt_secret": JWT_SECRET,
+        "polling_interval_millis": 50,
+        "batch_size": 50,
+        "s3_part_size_bytes": 5 * 1024 * 1024,
+        "shutdown_grace_seconds": 5,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def app_services(client: TestClient[Any, Any]) -> Services:
+    services: Services = client.app[SERVICES]
+    return services
+
+
+def token(
+    campaigns: list[str] | None = None, *, sub: str = "admin-1", supreme: bool = False, **kw: Any
+) -> str:
+    return mint(JWT_SECRET, sub=sub, campaigns=campaigns or [], supreme=supreme, **kw)
+
+
+def auth(campaigns: list[str] | None = None, **kw: Any) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(campaigns, **kw)}"}
