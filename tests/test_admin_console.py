@@ -27,9 +27,9 @@ from export_service.app.factory import create_app
 from export_service.models import ExportStatus
 from export_service.runtime import Services
 from export_service.settings import Settings
-from tests.conftest import app_services, token
-from tests.data import CAMPAIGN, add_campaign, entry
-from tests.test_openapi import CHROMIUM, CHROMIUM_FLAGS
+from tests.support.app import app_services, token
+from tests.support.browser import CHROMIUM, CHROMIUM_FLAGS
+from tests.support.data import CAMPAIGN, add_campaign, entry
 
 Client = TestClient[Any, Any]
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -133,7 +133,8 @@ class Page:
         return "" if not box.is_displayed() else str(box.text)
 
     def network_urls(self) -> list[str]:
-        for entry_ in self.driver.get_log("performance"):
+        # selenium leaves get_log unannotated.
+        for entry_ in self.driver.get_log("performance"):  # type: ignore[no-untyped-call]
             event = json.loads(entry_["message"])["message"]
             if event["method"] == "Network.requestWillBeSent":
                 self.requested.append(event["params"]["request"]["url"])

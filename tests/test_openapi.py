@@ -6,7 +6,6 @@ import asyncio
 import json
 import random
 import re
-import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from pydantic import ValidationError
 from export_service.app.openapi import openapi_document
 from export_service.app.schemas import DATE_KEY_PATTERN, CreateExport
 from tests.support.app import app_services, auth
+from tests.support.browser import CHROMIUM, CHROMIUM_FLAGS
 from tests.support.data import CAMPAIGN, add_campaign
 
 Client = TestClient[Any, Any]
@@ -148,14 +148,6 @@ def rendered_operations(page: str) -> set[tuple[str, str]]:
             r'<h2><span class="method (\w+)">\w+</span><span class="path">([^<]+)</span>', page
         )
     )
-
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--no-proxy-server", "--disable-dev-shm-usage",
-]  # fmt: skip
 
 
 @pytest.mark.skipif(

@@ -16,10 +16,9 @@ from export_service.app.factory import create_app
 from export_service.models import Export, ExportStatus, ExportType, utcnow
 from export_service.queue.estimates import Durations, queue_views
 from export_service.settings import Settings
-from tests.conftest import app_services, auth, make_settings
-from tests.data import CAMPAIGN, add_campaign, entry
-from tests.reliability import until
-from tests.test_queue import Gate
+from tests.support.app import app_services, auth, make_settings
+from tests.support.data import CAMPAIGN, add_campaign, entry
+from tests.support.gates import Gate, until
 
 Client = TestClient[Any, Any]
 OTHER = "camp-2"
