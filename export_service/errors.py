@@ -30,6 +30,10 @@ class CampaignNotFound(BadRequest):
     code = "CampaignNotFound"
 
 
+class MarketNotFound(BadRequest):
+    code = "MarketNotFound"
+
+
 class Unauthorized(ExportServiceError):
     status = 401
     code = "Unauthorized"

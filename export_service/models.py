@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -86,6 +87,62 @@ class StoredFile:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class ExportFilters:
+    """Markets (a sorted set) and `[created_from, created_to)` in naive UTC milliseconds."""
+
+    market_ids: tuple[str, ...] = ()
+    created_from: datetime | None = None
+    created_to: datetime | None = None
+
+    @property
+    def any(self) -> bool:
+        return bool(self.market_ids) or self.created_from is not None or self.created_to is not None
+
+    def dedupe_part(self) -> str:
+        """Equal for equal filters: market ids sorted, dates as UTC epoch milliseconds."""
+        return json.dumps(
+            [list(self.market_ids), _epoch_ms(self.created_from), _epoch_ms(self.created_to)],
+            separators=(",", ":"),
+        )
+
+    def to_doc(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {}
+        if self.market_ids:
+            doc["marketIds"] = list(self.market_ids)
+        if self.created_from is not None:
+            doc["createdFrom"] = self.created_from
+        if self.created_to is not None:
+            doc["createdTo"] = self.created_to
+        return doc
+
+    def to_api(self) -> dict[str, Any]:
+        body: dict[str, Any] = {}
+        if self.market_ids:
+            body["marketIds"] = list(self.market_ids)
+        if self.created_from is not None:
+            body["createdFrom"] = iso(self.created_from)
+        if self.created_to is not None:
+            body["createdTo"] = iso(self.created_to)
+        return body
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any] | None) -> ExportFilters | None:
+        if not doc:
+            return None
+        return cls(
+            tuple(str(m) for m in doc.get("marketIds") or ()),
+            doc.get("createdFrom"),
+            doc.get("createdTo"),
+        )
+
+
+def _epoch_ms(value: datetime | None) -> int | None:
+    if value is None:
+        return None
+    return (value - datetime(1970, 1, 1)) // timedelta(milliseconds=1)
+
+
 @dataclass(slots=True)
 class Export:
     """One export as stored in `exports`; internal queue fields stay out of the API view."""
@@ -98,6 +155,7 @@ class Export:
     requester_user_id: str
     date_key: str | None = None
     include_all_markets: bool | None = None
+    filters: ExportFilters | None = None
     date: dict[str, datetime] = field(default_factory=dict)
     progress: dict[str, int] = field(default_factory=dict)
     count: int | None = None
@@ -129,6 +187,7 @@ class Export:
             requester_user_id=doc.get("requesterUserId", ""),
             date_key=doc.get("dateKey"),
             include_all_markets=doc.get("includeAllMarkets"),
+            filters=ExportFilters.from_doc(doc.get("filters")),
             date=dict(doc.get("date") or {}),
             progress=dict(doc.get("progress") or {}),
             count=doc.get("count"),
@@ -159,6 +218,8 @@ class Export:
             body["dateKey"] = self.date_key
         if self.include_all_markets is not None:
             body["includeAllMarkets"] = self.include_all_markets
+        if self.filters is not None:
+            body["filters"] = self.filters.to_api()
         if self.count is not None:
             body["count"] = self.count
         if self.files:

@@ -90,15 +90,21 @@ OPERATIONS: tuple[Operation, ...] = (
         "exports",
         "Request an export",
         "Writes a new `PENDING` export for the worker. An identical request (same campaign, "
-        "exportType, dateKey and includeAllMarkets) that is still `PENDING` or `TRIGGERED` is "
-        "answered with that export and `200` instead. A rejected request writes nothing.",
+        "exportType, dateKey, includeAllMarkets and filters, market ids as a set and dates as "
+        "UTC instants) that is still `PENDING` or `TRIGGERED` is answered with that export and "
+        "`200` instead. `filters` narrow a type that reads entries to some markets and a "
+        "`date.created` range `[createdFrom, createdTo)`; every such export is also cut at its "
+        "start (no entry created after `date.triggered`). A rejected request writes nothing.",
         (
             Answer(202, "Created: the new `PENDING` export.", ExportView),
             Answer(200, "The identical export already `PENDING` or `TRIGGERED`.", ExportView),
             _error(
                 400,
                 "Bad body: not a JSON object, unknown field, unknown `exportType`, bad or missing "
-                "`dateKey`; or unknown campaign (`CampaignNotFound`); or malformed campaign id.",
+                "`dateKey`; bad `filters` (a date without time zone, `createdFrom >= createdTo`, "
+                "an empty, over-long or repeated `marketIds`, filters on a type that does not "
+                "read entries); or unknown campaign (`CampaignNotFound`) or a market not of the "
+                "campaign (`MarketNotFound`); or malformed campaign id.",
             ),
             _UNAUTHORIZED,
             _NO_REPORT,
@@ -108,7 +114,11 @@ OPERATIONS: tuple[Operation, ...] = (
         ),
         path_params=(CAMPAIGN_ID,),
         body=CreateExport,
-        body_example={"exportType": "entries", "includeAllMarkets": True},
+        body_example={
+            "exportType": "entries",
+            "includeAllMarkets": True,
+            "filters": {"createdFrom": "2026-11-01T00:00:00Z"},
+        },
     ),
     Operation(
         "get",

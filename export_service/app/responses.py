@@ -90,6 +90,16 @@ class NotificationView(BaseModel):
     )
 
 
+class FiltersView(BaseModel):
+    """The filters the export was requested with (contract §12); market ids sorted."""
+
+    model_config = _STRICT
+
+    marketIds: list[str] | None = None
+    createdFrom: datetime | None = Field(default=None, description="UTC, milliseconds.")
+    createdTo: datetime | None = Field(default=None, description="UTC, milliseconds.")
+
+
 class ExportView(BaseModel):
     """One export as the API returns it (contract §3); timestamps are ISO 8601 UTC strings."""
 
@@ -103,6 +113,7 @@ class ExportView(BaseModel):
     requesterUserId: str = Field(description="The requesting token's `sub`.")
     dateKey: str | None = None
     includeAllMarkets: bool | None = None
+    filters: FiltersView | None = None
     date: ExportDates
     progress: ExportProgress
     count: int | None = Field(default=None, ge=0, description="Rows written (all files).")

@@ -19,10 +19,12 @@ from export_service.errors import (
     CampaignNotFound,
     CcpaIncomplete,
     ExportFinished,
+    MarketNotFound,
     NotFound,
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from export_service.filters import request_filters
 from export_service.models import Export, ExportStatus, ExportType, utcnow
 from export_service.queue.estimates import progress_eta
 from export_service.runtime import Services
@@ -119,6 +121,20 @@ async def create_export(request: web.Request) -> web.Response:
     campaign = await services.db["campaigns"].find_one({"_id": campaign_id}, {"name": 1})
     if campaign is None:
         raise CampaignNotFound(f"CampaignNotFound: campaign {campaign_id} does not exist")
+    filters = None
+    if command.filters is not None:
+        wanted = command.filters.marketIds or []
+        if wanted:
+            found = await services.db["markets"].distinct(
+                "_id", {"campaignId": campaign_id, "_id": {"$in": wanted}}
+            )
+            missing = sorted(set(wanted) - set(found))
+            if missing:
+                raise MarketNotFound(
+                    f"MarketNotFound: campaign {campaign_id} has no market {missing[0]}",
+                    marketIds=missing,
+                )
+        filters = request_filters(wanted, command.filters.created_from, command.filters.created_to)
     export, created = await services.repository.create(
         campaign_id=campaign_id,
         campaign_name=str(campaign.get("name") or ""),
@@ -126,6 +142,7 @@ async def create_export(request: web.Request) -> web.Response:
         requester_user_id=principal.sub,
         date_key=command.dateKey,
         include_all_markets=command.includeAllMarkets,
+        filters=filters,
         # The worker's span links to this request's, and its log lines carry this request id.
         trace_context=telemetry.current_context(),
         request_id=request.get(REQUEST_ID),

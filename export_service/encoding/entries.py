@@ -48,17 +48,24 @@ ADDITIONAL_MARKETS = "additionalMarkets"
 _values = itemgetter(VALUES)
 
 
+def _among(market_id: Any, markets: frozenset[str]) -> bool:
+    # Ids are strings; anything else (a list, a number) is no listed market and unhashable.
+    return isinstance(market_id, str) and market_id in markets
+
+
 @dataclass(frozen=True, slots=True)
 class EntryEncoder:
     """One batch of projected entries → CSV rows.
 
     `market_names` maps each market id of the campaign to its (formula-safe) name; with
-    `include_all_markets` each entry gets one more row per additional market.
+    `include_all_markets` each entry gets one more row per additional market, and with
+    `markets` too only the rows of those markets are written (an entry's own row included).
     """
 
     market_names: Mapping[Any, str]
     include_all_markets: bool
     codec_options: CodecOptions[Any]
+    markets: frozenset[str] | None = None
 
     def __call__(self, raw: bytes, /) -> EncodedBatch:
         rows = self.rows(bson.decode_all(raw, self.codec_options))
@@ -101,10 +108,14 @@ class EntryEncoder:
         if not self.include_all_markets:
             return Columns(columns)
         # One more row per additional market, right after the entry's own.
+        listed = self.markets
         out: list[tuple[str, ...]] = []
         for doc, row in zip(docs, zip(*columns, strict=True), strict=True):
-            out.append(row)
+            if listed is None or _among(doc[VALUES][_MARKET_ID], listed):
+                out.append(row)
             for market_id in doc.get(ADDITIONAL_MARKETS) or ():
+                if listed is not None and not _among(market_id, listed):
+                    continue
                 out.append(
                     (
                         *row[:_MARKET_ID],

@@ -20,6 +20,7 @@ from pymongo.asynchronous.cursor import AsyncCursor
 
 from export_service.exporters.spec import Context, Doc
 from export_service.exporters.users import USER_SORT
+from export_service.filters import entry_clauses
 
 
 def user_ids(values: Iterable[Any]) -> list[str]:
@@ -69,7 +70,12 @@ class SortedContacts:
         if self._cursor is None:
             # Start at the first user asked for: entries of users before it are never needed.
             self._cursor = self._ctx.db["entries"].find(
-                {"campaignId": self._ctx.campaign_id, "userId": {"$gte": wanted[0]}},
+                {
+                    "campaignId": self._ctx.campaign_id,
+                    # The cut (contract §12): contact fields as they were at the export's start.
+                    **entry_clauses(self._ctx.export),
+                    "userId": {"$gte": wanted[0]},
+                },
                 self._projection,
                 sort=list(USER_SORT),
                 batch_size=self._ctx.settings.batch_size,

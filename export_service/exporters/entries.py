@@ -12,10 +12,11 @@ from export_service.exporters.spec import (
     Doc,
     ExporterSpec,
     Source,
-    campaign_filter,
     count_source,
     doc_rows,
+    entries_filter,
 )
+from export_service.filters import entry_clauses
 from export_service.models import ExportType
 from export_service.settings import BucketRole
 
@@ -63,11 +64,25 @@ def _entry_projection(ctx: Context) -> Doc:
     return projection
 
 
+def _listed_markets(ctx: Context) -> frozenset[str] | None:
+    filters = ctx.export.filters
+    return frozenset(filters.market_ids) if filters is not None and filters.market_ids else None
+
+
+def _entries_filter(ctx: Context) -> Doc:
+    # With includeAllMarkets an entry of an unlisted market still yields the rows of its listed
+    # additional markets: the query keeps every market and the encoder picks the rows.
+    if ctx.export.include_all_markets:
+        return {"campaignId": ctx.campaign_id, **entry_clauses(ctx.export, markets=False)}
+    return entries_filter(ctx)
+
+
 def _entry_encoder(ctx: Context) -> EntryEncoder:
     return EntryEncoder(
         market_names=ctx.lookups["market_names"],
         include_all_markets=bool(ctx.export.include_all_markets),
         codec_options=ctx.db.codec_options,
+        markets=_listed_markets(ctx) if ctx.export.include_all_markets else None,
     )
 
 
@@ -79,15 +94,18 @@ async def _prepare_entries(ctx: Context) -> None:
 async def _count_entries(ctx: Context) -> int:
     # With includeAllMarkets each entry adds one row per additional market.
     if not ctx.export.include_all_markets:
-        return await ctx.db["entries"].count_documents(campaign_filter(ctx))
+        return await ctx.db["entries"].count_documents(entries_filter(ctx))
+    additional: Doc = {"$ifNull": ["$additionalMarkets", []]}
+    own: Doc | int = 1
+    listed = _listed_markets(ctx)
+    if listed is not None:
+        # Only the rows of listed markets, as the encoder writes them.
+        markets = sorted(listed)
+        own = {"$cond": [{"$in": ["$marketId", markets]}, 1, 0]}
+        additional = {"$filter": {"input": additional, "cond": {"$in": ["$$this", markets]}}}
     pipeline: list[Doc] = [
-        {"$match": campaign_filter(ctx)},
-        {
-            "$group": {
-                "_id": None,
-                "n": {"$sum": {"$add": [1, {"$size": {"$ifNull": ["$additionalMarkets", []]}}]}},
-            }
-        },
+        {"$match": _entries_filter(ctx)},
+        {"$group": {"_id": None, "n": {"$sum": {"$add": [own, {"$size": additional}]}}}},
     ]
     result = await (await ctx.db["entries"].aggregate(pipeline)).to_list(1)
     return int(result[0]["n"]) if result else 0
@@ -95,7 +113,7 @@ async def _count_entries(ctx: Context) -> int:
 
 ENTRIES = ExporterSpec(
     export_type=ExportType.ENTRIES,
-    source=Source("entries", campaign_filter, _entry_projection),
+    source=Source("entries", _entries_filter, _entry_projection),
     columns=entry_columns,
     encoder=_entry_encoder,
     needs_markets=True,
@@ -108,7 +126,7 @@ VERIFIED_COLUMNS = ("entry_id", "user_id", "email", "phone", "market_id", "creat
 
 
 def _verified_filter(ctx: Context) -> Doc:
-    return {"campaignId": ctx.campaign_id, "verified": True}
+    return {**entries_filter(ctx), "verified": True}
 
 
 _VERIFIED_SOURCE = Source(

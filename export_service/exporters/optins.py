@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 
 from export_service.encoding.formatting import cell, text, upper
-from export_service.exporters.spec import Context, Doc, ExporterSpec, Row, campaign_filter
+from export_service.exporters.spec import Context, Doc, ExporterSpec, Row, entries_filter
 from export_service.exporters.users import PerUser, user_source
 from export_service.models import ExportType
 
@@ -96,7 +96,7 @@ def _per_user_spec(
     per_user = PerUser(rows)
     return ExporterSpec(
         export_type=export_type,
-        source=user_source(campaign_filter, USER_PROJECTION),
+        source=user_source(entries_filter, USER_PROJECTION),
         columns=lambda ctx: columns,
         transform=per_user.transform,
         finish=per_user.finish,

@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from export_service.errors import PromotersNotFound
 from export_service.exporters.optins import OPTIN_COLUMNS, USER_PROJECTION, contact_row, opted_in
-from export_service.exporters.spec import Context, Doc, ExporterSpec, Layout, campaign_filter
+from export_service.exporters.spec import Context, Doc, ExporterSpec, Layout, entries_filter
 from export_service.exporters.users import PerUser, user_source
 from export_service.models import ExportType
 
@@ -77,7 +77,7 @@ _PER_USER = PerUser(_rows)
 
 PROMOTER_EMAIL_OPT_IN = ExporterSpec(
     export_type=ExportType.PROMOTER_EMAIL_OPT_IN,
-    source=user_source(campaign_filter, _PROJECTION),
+    source=user_source(entries_filter, _PROJECTION),
     columns=lambda ctx: OPTIN_COLUMNS,
     transform=_PER_USER.transform,
     layout=Layout.ZIP,

@@ -24,7 +24,7 @@ from export_service.exporters.spec import (
     FileNameFn,
     Layout,
     Row,
-    campaign_filter,
+    entries_filter,
 )
 from export_service.exporters.users import PerUser, user_source
 from export_service.models import ExportType, utcnow
@@ -95,7 +95,7 @@ def _reminder_spec(
     per_user = PerUser(user_row)
     return ExporterSpec(
         export_type=export_type,
-        source=user_source(campaign_filter, _PROJECTION),
+        source=user_source(entries_filter, _PROJECTION),
         columns=lambda ctx: REMINDER_COLUMNS,
         transform=per_user.transform,
         bucket=bucket,

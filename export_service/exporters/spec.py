@@ -17,6 +17,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from export_service.encoding.batch import BatchEncoder
 from export_service.encoding.rows import DocRowsEncoder, RowFn
+from export_service.filters import entry_clauses
 from export_service.models import Export, ExportType
 from export_service.settings import BucketRole, Settings
 
@@ -127,6 +128,11 @@ def doc_rows(row: RowFn) -> EncoderFn:
 
 def campaign_filter(ctx: Context) -> Doc:
     return {"campaignId": ctx.campaign_id}
+
+
+def entries_filter(ctx: Context) -> Doc:
+    """The campaign's entries this export reads: its filters and its cut (contract §12)."""
+    return {"campaignId": ctx.campaign_id, **entry_clauses(ctx.export)}
 
 
 def count_source(spec_source: Source) -> CountFn:

@@ -36,6 +36,7 @@ from export_service.models import (
     CANCELLED,
     TERMINAL_STATUSES,
     Export,
+    ExportFilters,
     ExportStatus,
     ExportType,
     StoredFile,
@@ -177,12 +178,19 @@ def queue_collection(db: AsyncDatabase[Doc], name: str) -> AsyncCollection[Doc]:
 
 
 def dedupe_key(
-    campaign_id: str, export_type: ExportType, date_key: str | None, include_all: bool | None
+    campaign_id: str,
+    export_type: ExportType,
+    date_key: str | None,
+    include_all: bool | None,
+    filters: ExportFilters | None = None,
 ) -> str:
     # The same request with includeAllMarkets omitted or false is the same export.
-    return "\x1f".join(
-        [campaign_id, export_type.value, date_key or "", "1" if include_all else "0"]
-    )
+    parts = [campaign_id, export_type.value, date_key or "", "1" if include_all else "0"]
+    # Appended only when given: an export without filters keeps the key it always had, so an
+    # active export queued before filters existed still dedupes an identical new request.
+    if filters is not None and filters.any:
+        parts.append(filters.dedupe_part())
+    return "\x1f".join(parts)
 
 
 class ExportRepository:
@@ -213,11 +221,12 @@ class ExportRepository:
         requester_user_id: str,
         date_key: str | None,
         include_all_markets: bool | None,
+        filters: ExportFilters | None = None,
         trace_context: dict[str, str] | None = None,
         request_id: str | None = None,
     ) -> tuple[Export, bool]:
         """Insert a PENDING export, or return the active identical one. `True` = created."""
-        key = dedupe_key(campaign_id, export_type, date_key, include_all_markets)
+        key = dedupe_key(campaign_id, export_type, date_key, include_all_markets, filters)
         # Bounded: each retry means the active duplicate just became terminal.
         for _ in range(5):
             # Looked up first: a repeated request (the common case under load) is then one
@@ -242,6 +251,8 @@ class ExportRepository:
                 doc["dateKey"] = date_key
             if include_all_markets is not None:
                 doc["includeAllMarkets"] = include_all_markets
+            if filters is not None and filters.any:
+                doc["filters"] = filters.to_doc()
             if trace_context:
                 doc["traceContext"] = trace_context
             if request_id:

@@ -1,0 +1,91 @@
+"""An export's filters and its cut (contract §12): which entries an export of an entries type reads.
+
+`ExportFilters` is what a request asked for (markets, a `date.created` range), as stored on the
+export; `entry_clauses` turns it, together with the export's `date.triggered`, into the query
+clauses every exporter that reads rows from `entries` adds to its campaign filter. The cut
+(`date.created < triggered`) applies to every such export, filtered or not, so an export is a
+snapshot of the campaign at its start and its preliminary count equals its rows.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from export_service.models import Export, ExportFilters, ExportType
+
+Doc = dict[str, Any]
+
+# The types whose rows come from `entries` (tests/test_filters.py checks this against the specs'
+# sources). The joined types (codeAssignments, codeWaves, waitlist) read entries only for contact
+# fields: their rows come from codes or scoring records, so the filters are refused for them.
+FILTERABLE_TYPES = frozenset(
+    {
+        ExportType.ENTRIES,
+        ExportType.VERIFIED_ENTRIES,
+        ExportType.FANLIST,
+        ExportType.ARTIST_OPT_IN,
+        ExportType.ARTIST_SMS_OPT_IN,
+        ExportType.LIVENATION_OPT_IN,
+        ExportType.REMINDER_EMAIL,
+        ExportType.REMINDER_EMAIL_SAMPLE,
+        ExportType.AUTO_REMINDER_EMAIL,
+        ExportType.PROMOTER_EMAIL_OPT_IN,
+    }
+)
+
+MAX_MARKET_IDS = 100
+
+
+def to_bson_date(value: datetime) -> datetime:
+    """An aware datetime as the naive UTC millisecond BSON stores, rounded up.
+
+    Entries carry whole milliseconds, so for a bound `b` with a fraction of a millisecond,
+    `created >= b` and `created < b` hold exactly when they hold for `b` rounded up: the range
+    means what the client wrote.
+    """
+    naive = value.astimezone(UTC).replace(tzinfo=None)
+    ms = math.ceil(naive.microsecond / 1000)
+    return naive.replace(microsecond=0) + timedelta(milliseconds=ms)
+
+
+def request_filters(
+    market_ids: list[str] | None, created_from: datetime | None, created_to: datetime | None
+) -> ExportFilters | None:
+    """The filters of a request; None when it gives none (the same export as no filters)."""
+    filters = ExportFilters(
+        tuple(sorted(set(market_ids or ()))),
+        to_bson_date(created_from) if created_from is not None else None,
+        to_bson_date(created_to) if created_to is not None else None,
+    )
+    return filters if filters.any else None
+
+
+def created_range(export: Export) -> Doc:
+    """The `date.created` clause: the requested range, cut at the export's start."""
+    filters = export.filters
+    upper = export.date.get("triggered")
+    if filters is not None and filters.created_to is not None:
+        upper = filters.created_to if upper is None else min(upper, filters.created_to)
+    clause: Doc = {}
+    if filters is not None and filters.created_from is not None:
+        clause["$gte"] = filters.created_from
+    if upper is not None:
+        clause["$lt"] = upper
+    return clause
+
+
+def entry_clauses(export: Export, *, markets: bool = True) -> Doc:
+    """Clauses to add to a campaign's entries query for `export` (its filters and its cut).
+
+    `markets=False` leaves the market filter to the caller: `entries` with includeAllMarkets
+    keeps an entry whose additional markets are listed, and picks the rows itself.
+    """
+    clauses: Doc = {}
+    created = created_range(export)
+    if created:
+        clauses["date.created"] = created
+    if markets and export.filters is not None and export.filters.market_ids:
+        clauses["marketId"] = {"$in": list(export.filters.market_ids)}
+    return clauses
