@@ -65,14 +65,20 @@ def request_filters(
 def created_range(export: Export) -> Doc:
     """The `date.created` clause: the requested range, cut at the export's start."""
     filters = export.filters
-    upper = export.date.get("triggered")
-    if filters is not None and filters.created_to is not None:
-        upper = filters.created_to if upper is None else min(upper, filters.created_to)
+    triggered = export.date.get("triggered")
+    start = filters.created_from if filters is not None else None
+    end = filters.created_to if filters is not None else None
+    if start is None and end is None:
+        # The cut alone keeps an entry without a (date) `date.created`: nothing says it came
+        # after the start, and the export read it before the cut existed.
+        return {"$not": {"$gte": triggered}} if triggered is not None else {}
+    if triggered is not None:
+        end = triggered if end is None else min(end, triggered)
     clause: Doc = {}
-    if filters is not None and filters.created_from is not None:
-        clause["$gte"] = filters.created_from
-    if upper is not None:
-        clause["$lt"] = upper
+    if start is not None:
+        clause["$gte"] = start
+    if end is not None:
+        clause["$lt"] = end
     return clause
 
 
