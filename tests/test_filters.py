@@ -17,10 +17,11 @@ from export_service.exporters import EXPORTERS
 from export_service.filters import FILTERABLE_TYPES, request_filters
 from export_service.models import ExportStatus, ExportType
 from export_service.runtime import Services
-from tests.conftest import app_services, auth, make_settings
-from tests.data import CAMPAIGN, T0, add_campaign, download, entry
+from tests.support.app import app_services, auth, make_settings
+from tests.support.data import CAMPAIGN, T0, add_campaign, entry
+from tests.support.gates import Gate
+from tests.support.s3 import download
 from tests.test_bad_input import snapshot
-from tests.test_queue import Gate
 
 Client = TestClient[Any, Any]
 Doc = dict[str, Any]
@@ -30,7 +31,8 @@ P1, P2 = "prom-1", "prom-2"
 
 
 def at(minutes: int) -> datetime:
-    return T0 + timedelta(minutes=minutes)
+    moment: datetime = T0 + timedelta(minutes=minutes)
+    return moment
 
 
 def iso_z(value: datetime) -> str:
@@ -78,7 +80,7 @@ async def run(
     assert done.status is ExportStatus.FINISHED, done.error
     view = await (await client.get(f"{URL}/{done.id}", headers=auth([CAMPAIGN]))).json()
     (stored,) = done.files
-    data = await download(services, stored.bucket, stored.key)
+    data = await download(services.storage, stored.bucket, stored.key)
     if stored.key.endswith(".zip"):
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             return view, {
@@ -204,7 +206,7 @@ async def test_entries_filters_hold_in_the_encoder_processes(
             assert done.status is ExportStatus.FINISHED, done.error
             assert services.encoders.pids  # the batches went through the children
             (stored,) = done.files
-            data = await download(services, stored.bucket, stored.key)
+            data = await download(services.storage, stored.bucket, stored.key)
             rows = list(csv.reader(io.StringIO(data.decode())))[1:]
             assert [(r[0], r[9]) for r in rows] == [("e2", M3), ("e4", M3)]
             assert done.count == done.progress["total"] == 2
@@ -272,7 +274,7 @@ async def test_an_export_is_a_cut_at_its_start(mongo_uri: str, s3_endpoint: str)
             assert done.status is ExportStatus.FINISHED, done.error
             assert done.count == done.progress["total"] == 4
             (stored,) = done.files
-            data = await download(services, stored.bucket, stored.key)
+            data = await download(services.storage, stored.bucket, stored.key)
             ids = [r[0] for r in list(csv.reader(io.StringIO(data.decode())))[1:]]
             assert ids == ["e1", "e2", "e3", "e4"]
             assert export.id == done.id
