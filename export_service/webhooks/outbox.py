@@ -25,6 +25,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
 from export_service.models import Export, ExportStatus, utcnow
+from export_service.queue.repository import queue_collection
 
 Doc = dict[str, Any]
 
@@ -105,7 +106,9 @@ class OutboxStats:
 
 class Outbox:
     def __init__(self, db: AsyncDatabase[Doc]) -> None:
-        self._events: AsyncCollection[Doc] = db["webhook_events"]
+        # Queue state like `exports`: primary, majority read and write concern, so an event
+        # stored before an export's end is acknowledged survives a primary election.
+        self._events: AsyncCollection[Doc] = queue_collection(db, "webhook_events")
 
     async def ensure_indexes(self) -> None:
         await self._events.create_indexes(EVENT_INDEXES)
