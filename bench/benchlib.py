@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
 import platform
 import resource
-import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from export_service.embedded import stop_process, wait_for_port
+from export_service.embedded import (
+    free_port,
+    mongo_command,
+    s3_command,
+    stop_process,
+    wait_for_port,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
+COMMITTED_RESULTS = ROOT / "bench" / "results"
+# A run writes here unless asked for the committed results, so trying a benchmark leaves the git
+# tree as it was.
+SCRATCH_RESULTS = Path(tempfile.gettempdir()) / "export-service-bench"
 
 
 def load() -> list[float]:
@@ -78,13 +85,6 @@ def _status_mb(pid: str, field: str) -> float:
     return 0.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextlib.contextmanager
 def server(command: list[str], port: int, what: str) -> Iterator[None]:
     """A server in a process of its own (its memory and CPU are not the benchmark's)."""
@@ -101,8 +101,7 @@ def server(command: list[str], port: int, what: str) -> Iterator[None]:
 def moto_server() -> Iterator[str]:
     """moto's S3 (keeps objects in memory) on 127.0.0.1; yields its endpoint URL."""
     port = free_port()
-    moto = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
-    with server([moto, "-H", "127.0.0.1", "-p", str(port)], port, "moto"):
+    with server(s3_command(port), port, "moto"):
         yield f"http://127.0.0.1:{port}"
 
 
@@ -117,11 +116,7 @@ def secantus_server(data_dir: Path | None = None) -> Iterator[str]:
     with contextlib.ExitStack() as stack:
         if data_dir is None:
             data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-db-")))
-        command = [
-            sys.executable, "-m", "secantus", "--host", "127.0.0.1", "--port", str(port),
-            "--storage-path", str(data_dir / "data"), "--log-level", "WARNING",
-        ]  # fmt: skip
-        with server(command, port, "SecantusDB"):
+        with server(mongo_command(port, data_dir / "data"), port, "SecantusDB"):
             yield f"mongodb://127.0.0.1:{port}/?directConnection=true"
 
 
@@ -160,8 +155,17 @@ def machine_table(info: dict[str, Any]) -> str:
     )
 
 
-def write_results(name: str, data: dict[str, Any]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def add_results_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--write-results",
+        action="store_true",
+        help=f"write bench/results/NAME.json (committed) instead of {SCRATCH_RESULTS}/NAME.json",
+    )
+
+
+def write_results(name: str, data: dict[str, Any], committed: bool = False) -> Path:
+    folder = COMMITTED_RESULTS if committed else SCRATCH_RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
     return path

@@ -16,8 +16,8 @@ The target is export time <= 1.25 x drain time: the embedded server reads about 
 documents/s, so the exporter must add little on top of reading. A check first compares the
 `entries` query's first batch with what bench/pipeline.py's recording would hold.
 
-    .venv/bin/python bench/end_to_end.py
-    .venv/bin/python bench/end_to_end.py --entries 20000 --types entries
+    .venv/bin/python -m bench.end_to_end
+    .venv/bin/python -m bench.end_to_end --entries 20000 --types entries
 """
 
 from __future__ import annotations
@@ -25,15 +25,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
-import sys
 import time
 from pathlib import Path
 from typing import Any, cast
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import bson
-from benchlib import (
+from pymongo import monitoring
+
+from bench.benchlib import (
+    add_results_flag,
     load,
     machine,
     machine_table,
@@ -44,9 +44,7 @@ from benchlib import (
     table,
     write_results,
 )
-from pipeline import project
-from pymongo import monitoring
-
+from bench.pipeline import project
 from export_service import db as dbmod
 from export_service.exporters import EXPORTERS
 from export_service.exporters.runner import load_markets, read_cursor
@@ -301,7 +299,8 @@ def main() -> None:
     parser.add_argument(
         "--data-dir", type=Path, help="keep the database here and reuse its seeded campaign"
     )
-    parser.add_argument("--results", default="end_to_end", help="bench/results/<name>.json")
+    parser.add_argument("--results", default="end_to_end", help="results file name (NAME.json)")
+    add_results_flag(parser)
     args = parser.parse_args()
     info = machine()
     with secantus_server(args.data_dir) as uri, moto_server() as s3:
@@ -327,7 +326,7 @@ def main() -> None:
     print(
         table(f"end to end on the embedded servers ({results['entries']:,} entries)", headers, body)
     )
-    path = write_results(args.results, {"machine": info, **results})
+    path = write_results(args.results, {"machine": info, **results}, args.write_results)
     print(f"results: {path}")
 
 

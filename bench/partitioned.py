@@ -2,9 +2,9 @@
 
 Run from the repository root:
 
-    .venv/bin/python bench/partitioned.py                     # 10 k entries, 2/8/24/64 promoters
-    .venv/bin/python bench/partitioned.py --entries 100000 --partitions 24
-    .venv/bin/python bench/partitioned.py --plot docs/partitioned.png   # needs the `bench` extra
+    .venv/bin/python -m bench.partitioned                     # 10 k entries, 2/8/24/64 promoters
+    .venv/bin/python -m bench.partitioned --entries 100000 --partitions 24
+    .venv/bin/python -m bench.partitioned --plot docs/partitioned.png   # needs the `bench` extra
 
 Starts SecantusDB and moto, seeds one campaign per partition count (as many markets as
 promoters, so a fan's markets spread over that many promoters; the region/locale partitions of
@@ -28,9 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchlib import (
+from bench.benchlib import (
+    add_results_flag,
     load,
     machine,
     machine_table,
@@ -41,7 +40,6 @@ from benchlib import (
     table,
     write_results,
 )
-
 from export_service.models import ExportType
 from export_service.runtime import Services
 from export_service.seed import SeedPlan, seed
@@ -217,7 +215,8 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, nargs="+", default=[2, 8, 24, 64])
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--plot", type=Path, help="draw ratio vs partitions to this PNG")
-    parser.add_argument("--name", default=None, help="results file name (bench/results/NAME.json)")
+    parser.add_argument("--name", default=None, help="results file name (NAME.json)")
+    add_results_flag(parser)
     args = parser.parse_args()
     info = machine()
     started = time.time()
@@ -246,7 +245,7 @@ def main() -> None:
     print(machine_table(info))
     print(table(f"{args.entries:,} entries", headers, rows))
     name = args.name or f"partitioned-{args.entries}"
-    print("results:", write_results(name, data))
+    print("results:", write_results(name, data, args.write_results))
     if args.plot is not None:
         plot(data["results"], args.plot, f"{args.entries:,} entries, {info['cpu_model']}")
         print("plot:", args.plot)

@@ -21,8 +21,8 @@ peak (`VmHWM`) of each of its encoder processes, summed; its CPU time includes t
 in a process of its own. The recording (`--pool` distinct entries, cycled to reach the row
 count) is held by the child, so its size is part of every run's RSS and is reported.
 
-    .venv/bin/python bench/pipeline.py                     # 100 k and 1 M rows
-    .venv/bin/python bench/pipeline.py --rows 100000 --variants entries entries-in-process
+    .venv/bin/python -m bench.pipeline                     # 100 k and 1 M rows
+    .venv/bin/python -m bench.pipeline --rows 100000 --variants entries entries-in-process
 """
 
 from __future__ import annotations
@@ -43,10 +43,12 @@ from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import bson
-from benchlib import (
+from pymongo import AsyncMongoClient
+
+from bench.benchlib import (
+    ROOT,
+    add_results_flag,
     current_rss_mb,
     load,
     machine,
@@ -58,8 +60,6 @@ from benchlib import (
     table,
     write_results,
 )
-from pymongo import AsyncMongoClient
-
 from export_service.encoding.formatting import cell, date, text, upper
 from export_service.encoding.processes import EncoderProcesses, default_processes
 from export_service.exporters.entries import ENTRIES, entry_columns
@@ -402,8 +402,11 @@ async def _child(variant: str, rows: int, recordings: Path, endpoint: str) -> di
 
 
 def _run_child(variant: str, rows: int, recording: Path, endpoint: str) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--child", variant, str(rows), str(recording), endpoint]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    command = [sys.executable, "-m", "bench.pipeline", "--child", variant, str(rows),
+               str(recording), endpoint]  # fmt: skip
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, check=False, cwd=ROOT
+    )
     if done.returncode != 0:
         raise RuntimeError(f"{variant} at {rows} rows failed:\n{done.stderr}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -454,6 +457,7 @@ def main() -> None:
         default=["entries", "entries-in-process", "baseline"],
     )
     parser.add_argument("--child", nargs=4, metavar=("VARIANT", "ROWS", "RECORDING", "S3"))
+    add_results_flag(parser)
     args = parser.parse_args()
     if args.child:
         variant, rows, recording, endpoint = args.child
@@ -495,6 +499,7 @@ def main() -> None:
     path = write_results(
         "pipeline",
         {"machine": info, "recording": recording, "runs": runs, "verdicts": verdicts},
+        args.write_results,
     )
     print(f"results: {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
 

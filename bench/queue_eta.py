@@ -5,7 +5,7 @@ One campaign of `--entries` entries (`export_service.seed`) on the embedded serv
 those types (cycling) are queued at once, each answer's `queue.etaSeconds` noted, and the
 worker runs them in this process; the error is `date.triggered - date.created - etaSeconds`.
 
-    .venv/bin/python bench/queue_eta.py --entries 20000
+    .venv/bin/python -m bench.queue_eta --entries 20000
 """
 
 from __future__ import annotations
@@ -13,13 +13,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
-from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchlib import machine, moto_server, s3_settings, secantus_server, write_results
-
+from bench.benchlib import (
+    add_results_flag,
+    machine,
+    moto_server,
+    s3_settings,
+    secantus_server,
+    write_results,
+)
 from export_service.models import ExportType
 from export_service.runtime import Services
 from export_service.seed import SeedPlan, seed
@@ -64,7 +67,7 @@ async def measure(settings: Settings, entries: int, warmup: int, queued: int) ->
                 views = await services.estimates.views([export])
                 predicted[export_id] = views.get(export_id, {}).get("etaSeconds")
             await services.worker.drain()
-            rows = []
+            rows: list[dict[str, Any]] = []
             for export_id, eta in predicted.items():
                 done = await services.repository.get(export_id)
                 assert done is not None
@@ -90,6 +93,7 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=20_000)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--queued", type=int, default=len(TYPES), help="at most one per type")
+    add_results_flag(parser)
     args = parser.parse_args()
     with secantus_server() as uri, moto_server() as s3:
         settings = Settings(
@@ -101,7 +105,7 @@ def main() -> None:
     for row in result["rows"]:  # type: ignore[attr-defined]
         print(row)
     print({k: v for k, v in result.items() if k not in ("rows", "machine")})
-    print(write_results("queue_eta", result))
+    print(write_results("queue_eta", result, args.write_results))
 
 
 if __name__ == "__main__":

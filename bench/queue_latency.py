@@ -1,9 +1,5 @@
 """Queue benchmark on the embedded servers: claim latency, POST → TRIGGERED handoff, API latency.
 
-(Named `queue_latency.py`, not `queue.py`: a script directory is the first entry of
-`sys.path`, so a `bench/queue.py` would replace the standard library's `queue` module for
-every script in `bench/`, asyncio included.)
-
 SecantusDB and moto's S3 each run as a process of their own, and the `exports` collection holds
 `--history` terminal exports (FINISHED, FAILED, EXPIRED) the whole time, as a long-lived service
 has. Four measurements:
@@ -19,7 +15,7 @@ has. Four measurements:
 4. API latency: `export-service api` in another process, `--clients` concurrent clients sending
    the same POST (after the first, the dedupe path: 200 + the existing export) and GETs.
 
-    .venv/bin/python bench/queue_latency.py
+    .venv/bin/python -m bench.queue_latency
 """
 
 from __future__ import annotations
@@ -39,12 +35,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import aiohttp
 from aiohttp import web
-from benchlib import (
-    free_port,
+from bson import ObjectId
+from pymongo import ReturnDocument
+
+from bench.benchlib import (
+    add_results_flag,
     load,
     machine,
     machine_table,
@@ -52,17 +49,13 @@ from benchlib import (
     s3_settings,
     secantus_server,
     table,
-    wait_for_port,
     write_results,
 )
-from bson import ObjectId
-from pymongo import ReturnDocument
-
 from export_service import logs
 from export_service.app.auth import mint
 from export_service.app.factory import create_app
 from export_service.app.routes import SERVICES
-from export_service.embedded import stop_process
+from export_service.embedded import free_port, stop_process, wait_for_port
 from export_service.models import ExportStatus, ExportType, utcnow
 from export_service.queue.repository import ExportRepository
 from export_service.runtime import Services
@@ -414,6 +407,7 @@ def main() -> None:
     parser.add_argument("--cross", type=int, default=20)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--requests", type=int, default=40, help="per client and endpoint")
+    add_results_flag(parser)
     args = parser.parse_args()
     logs.configure("console", "WARNING")  # the in-process API and worker: problems only
     info = machine()
@@ -465,7 +459,7 @@ def main() -> None:
     )
     for name, verdict in verdicts.items():
         print(f"  {name}: {verdict}")
-    path = write_results("queue", {"machine": info, **results})
+    path = write_results("queue", {"machine": info, **results}, args.write_results)
     print(f"results: {path}")
 
 

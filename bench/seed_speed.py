@@ -1,25 +1,23 @@
 """Time `export_service.seed.generate()` for 200,000 entries (no database involved).
 
-Run from the repository root: .venv/bin/python bench/seed_speed.py [entries]
+Run from the repository root: .venv/bin/python -m bench.seed_speed [entries]
 CPU time is reported next to wall time because other work on a shared machine inflates the
 latter; generation is single-threaded, so CPU time is the one-core figure.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 import time
 from collections import Counter
-from pathlib import Path
-
-# The package need not be installed to benchmark it.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from export_service.seed import SeedPlan, generate
 
 
 def main() -> None:
-    entries = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("entries", type=int, nargs="?", default=200_000)
+    entries: int = parser.parse_args().entries
     plan = SeedPlan(entries=entries)
     counts: Counter[str] = Counter()
     entries_cpu = 0.0

@@ -1,30 +1,22 @@
 """Time the partitioned types (reminder ZIPs, SFMC objects, promoter ZIP) on a seeded campaign.
 
-Run from the repository root: .venv/bin/python bench/zip_types.py [entries]
-Starts its own SecantusDB and moto S3 on free ports, seeds one campaign, runs each type once
-through the real worker and prints wall time, rows, files, bytes and the process's peak RSS
-growth. SecantusDB is far slower than MongoDB (a Python server): read the numbers relative to
-the `fanlist` line, which reads the same entries once with the plain CSV sink.
+Run from the repository root: .venv/bin/python -m bench.zip_types [entries]
+Starts its own SecantusDB and moto S3 (processes of their own) on free ports, seeds one
+campaign, runs each type once through the real worker and prints wall time, rows, files, bytes
+and the process's peak RSS growth. SecantusDB is far slower than MongoDB (a Python server):
+read the numbers relative to the `fanlist` line, which reads the same entries once with the
+plain CSV sink.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import logging
 import resource
-import socket
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from moto.server import ThreadedMotoServer
-
+from bench.benchlib import moto_server, s3_settings, secantus_server
 from export_service import logs
-from export_service.embedded import stop_process, wait_for_port
 from export_service.models import ExportType
 from export_service.runtime import Services
 from export_service.seed import SeedPlan, seed
@@ -39,13 +31,6 @@ TYPES = (
 )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def rss_mib() -> float:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
@@ -58,14 +43,11 @@ async def sample_rss(peak: list[float]) -> None:
         await asyncio.sleep(0.02)
 
 
-async def bench(mongo_port: int, s3_port: int, entries: int) -> None:
+async def bench(mongo_uri: str, s3_endpoint: str, entries: int) -> None:
     settings = Settings(
-        mongo_uri=f"mongodb://127.0.0.1:{mongo_port}/?directConnection=true",
+        mongo_uri=mongo_uri,
         mongo_db="bench",
-        s3_endpoint_url=f"http://127.0.0.1:{s3_port}",
-        s3_addressing_style="path",
-        s3_access_key_id="bench",
-        s3_secret_access_key="bench",
+        **s3_settings(s3_endpoint),
         jwt_secret="bench-secret-bench-secret-bench-secret",
         log_level="WARNING",
         log_format="json",
@@ -100,23 +82,12 @@ async def bench(mongo_port: int, s3_port: int, entries: int) -> None:
 
 
 def main() -> None:
-    entries = int(sys.argv[1]) if len(sys.argv) > 1 else 50_000
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("entries", type=int, nargs="?", default=50_000)
+    entries: int = parser.parse_args().entries
     logs.configure("console", "WARNING")
-    mongo_port, s3_port = free_port(), free_port()
-    with tempfile.TemporaryDirectory(prefix="bench-secantus-") as data:
-        mongo = subprocess.Popen(
-            [sys.executable, "-m", "secantus", "--host", "127.0.0.1", "--port", str(mongo_port),
-             "--storage-path", data, "--log-level", "WARNING"],
-        )  # fmt: skip
-        s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port, verbose=False)
-        s3.start()
-        try:
-            wait_for_port(mongo_port, mongo, "SecantusDB", 60)
-            asyncio.run(bench(mongo_port, s3_port, entries))
-        finally:
-            s3.stop()
-            stop_process(mongo)
+    with secantus_server() as uri, moto_server() as s3:
+        asyncio.run(bench(uri, s3, entries))
 
 
 if __name__ == "__main__":

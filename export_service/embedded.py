@@ -29,6 +29,14 @@ from export_service.settings import Settings
 log = structlog.get_logger(__name__)
 
 
+def free_port() -> int:
+    """A port nothing listens on now (the OS's pick), for a server started next."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.2)

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from export_service.embedded import mongo_command, stop_process, wait_for_port
+from export_service.embedded import free_port, mongo_command, stop_process, wait_for_port
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+__all__ = ["MongoServer", "free_port", "port_of"]
 
 
 def port_of(uri: str) -> int:
