@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from tests.support.app import app_services, auth, token
-from tests.support.data import CAMPAIGN, add_campaign
+from tests.support.data import CAMPAIGN, add_campaign, snapshot
 
 Client = TestClient[Any, Any]
 URL = f"/campaigns/{CAMPAIGN}/exports"
@@ -88,11 +88,6 @@ def request(
             lines.append(f"Content-Length: {len(body)}")
             payload = body
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + payload
-
-
-async def snapshot(db: AsyncDatabase[dict[str, Any]]) -> dict[str, int]:
-    counts = {name: await db[name].count_documents({}) for name in await db.list_collection_names()}
-    return {name: n for name, n in counts.items() if n}
 
 
 async def setup(client: Client) -> tuple[AsyncDatabase[dict[str, Any]], dict[str, int]]:

@@ -18,10 +18,9 @@ from export_service.filters import FILTERABLE_TYPES, request_filters
 from export_service.models import ExportStatus, ExportType
 from export_service.runtime import Services
 from tests.support.app import app_services, auth, make_settings
-from tests.support.data import CAMPAIGN, T0, add_campaign, entry
+from tests.support.data import CAMPAIGN, T0, add_campaign, entry, snapshot
 from tests.support.gates import Gate
 from tests.support.s3 import download
-from tests.test_bad_input import snapshot
 
 Client = TestClient[Any, Any]
 Doc = dict[str, Any]

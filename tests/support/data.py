@@ -119,3 +119,10 @@ async def seed_big_entries(services: Services, n: int = 60) -> None:
     for doc in docs:
         doc["fields"]["note"] = BIG
     await services.db["entries"].insert_many(docs)
+
+
+async def snapshot(db: AsyncDatabase[Doc]) -> dict[str, int]:
+    """How many documents each non-empty collection holds: equal before and after means a
+    refused request wrote nothing."""
+    counts = {name: await db[name].count_documents({}) for name in await db.list_collection_names()}
+    return {name: n for name, n in counts.items() if n}
