@@ -28,12 +28,10 @@ ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
 
-# Dependencies first, from pyproject.toml alone, so that code changes reuse this (large) layer.
-# The versions are pinned in pyproject.toml; no extras are installed.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
-    && pip install --no-cache-dir -r /tmp/requirements.txt
+# Dependencies first, from the runtime lock alone (exact versions, every file's sha256 checked;
+# made by ./scripts/lock), so that code changes reuse this (large) layer. No extras.
+COPY requirements/runtime.lock /tmp/runtime.lock
+RUN pip install --no-cache-dir --require-hashes -r /tmp/runtime.lock
 
 # Then the service itself (README/LICENSE are optional metadata inputs; the glob tolerates absence).
 COPY pyproject.toml README.md* LICENSE* ./
