@@ -116,6 +116,25 @@ async def test_bad_type_exits_nonzero_with_the_api_message(
     assert "error (HTTP 404): NotFound" in capsys.readouterr().err
 
 
+async def test_submit_carries_markets_and_dates_as_filters(
+    live: Services, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await add_campaign(live.db)
+    m1, m2 = f"{CAMPAIGN}-m1", f"{CAMPAIGN}-m2"
+    code = await cli("submit", "--campaign", CAMPAIGN, "--type", "fanlist", "--market", m2,
+                     "--market", m1, "--from", "2026-11-01T00:00:00Z",
+                     "--to", "2026-12-01T00:00:00+01:00", "--json")  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    (export,) = [e async for e in live.db["exports"].find({})]
+    assert export["filters"]["marketIds"] == [m1, m2]
+    assert export["filters"]["createdTo"].isoformat() == "2026-11-30T23:00:00"
+    # A bad date is the API's 400, in words, and nothing is written.
+    code = await cli("submit", "--campaign", CAMPAIGN, "--type", "entries", "--from", "soon")
+    assert code == 1
+    assert "error (HTTP 400)" in capsys.readouterr().err
+    assert await live.db["exports"].count_documents({}) == 1
+
+
 async def test_failed_export_exits_3_with_its_error(
     live: Services, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -75,12 +75,15 @@ class ApiClient:
         *,
         date_key: str | None = None,
         include_all_markets: bool | None = None,
+        filters: dict[str, Any] | None = None,
     ) -> Created:
         body: dict[str, Any] = {"exportType": export_type}
         if date_key is not None:
             body["dateKey"] = date_key
         if include_all_markets is not None:
             body["includeAllMarkets"] = include_all_markets
+        if filters:
+            body["filters"] = filters
         status, export = await self._call("POST", f"/campaigns/{campaign_id}/exports", json=body)
         return Created(export, created=status == 202)
 

@@ -13,6 +13,7 @@ import functools
 import json
 import os
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import aiohttp
 from rich.console import Console
@@ -51,6 +52,13 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     submit.add_argument("--date-key", help="YYYYMMDD (codeWaves)")
     submit.add_argument("--include-all-markets", action="store_true", default=None,
                         help="entries: one more row per additional market")  # fmt: skip
+    submit.add_argument("--market", action="append", dest="markets", metavar="M",
+                        help="only this market (repeatable; types that read entries)")  # fmt: skip
+    submit.add_argument("--from", dest="created_from", metavar="DATE",
+                        help="entries created at or after DATE (ISO 8601 with a zone, e.g. "
+                             "2026-11-23T00:00:00Z)")  # fmt: skip
+    submit.add_argument("--to", dest="created_to", metavar="DATE",
+                        help="entries created before DATE (ISO 8601 with a zone)")  # fmt: skip
     submit.add_argument("--wait", action="store_true", help="show progress until it ends")
     submit.add_argument("--download", metavar="PATH",
                         help="save the file(s) once finished (implies --wait); a directory "
@@ -127,6 +135,18 @@ async def execute(args: argparse.Namespace) -> int:
             return EXIT_INTERRUPTED
 
 
+def _filters(args: argparse.Namespace) -> dict[str, Any]:
+    """The request's `filters`; the API validates them (and names what is wrong)."""
+    filters: dict[str, Any] = {}
+    if args.markets:
+        filters["marketIds"] = args.markets
+    if args.created_from is not None:
+        filters["createdFrom"] = args.created_from
+    if args.created_to is not None:
+        filters["createdTo"] = args.created_to
+    return filters
+
+
 async def _submit(
     client: ApiClient,
     session: aiohttp.ClientSession,
@@ -137,6 +157,7 @@ async def _submit(
     created = await client.create(
         args.campaign, args.export_type, date_key=args.date_key,
         include_all_markets=args.include_all_markets,
+        filters=_filters(args),
     )  # fmt: skip
     export = created.export
     if not created.created:
