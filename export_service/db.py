@@ -30,6 +30,12 @@ SourceReadPreference = Primary | PrimaryPreferred | Secondary | SecondaryPreferr
 SOURCE_INDEXES: dict[str, list[IndexModel]] = {
     "entries": [
         IndexModel([("campaignId", ASCENDING), ("_id", ASCENDING)], name="campaign_id"),
+        # A market filter (contract §12) on the single-cursor types: one range per listed market,
+        # merged in _id order by the server, so the rows stay in _id order without a sort stage.
+        IndexModel(
+            [("campaignId", ASCENDING), ("marketId", ASCENDING), ("_id", ASCENDING)],
+            name="campaign_market_id",
+        ),
         IndexModel(
             [
                 ("campaignId", ASCENDING),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -22,6 +22,7 @@ from pymongo import AsyncMongoClient, monitoring
 
 from export_service import db as dbmod
 from export_service.exporters import EXPORTERS
+from export_service.filters import FILTERABLE_TYPES, request_filters
 from export_service.models import ExportStatus, ExportType, utcnow
 from export_service.queue.repository import ExportRepository
 from export_service.queue.worker import Worker
@@ -188,6 +189,22 @@ async def test_every_queue_and_exporter_query_uses_an_index(
                     date_key=wave["waveDateKey"] if export_type is ExportType.CODE_WAVES else None,
                     include_all_markets=export_type is ExportType.ENTRIES or None,
                 )
+        # Filtered exports (contract §12) of every type that reads entries: their queries too.
+        market = await db["markets"].find_one({"campaignId": CAMPAIGN})
+        assert market is not None
+        filters = request_filters(
+            [market["_id"]], datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
+        )
+        for export_type in FILTERABLE_TYPES:
+            await repository.create(
+                campaign_id=CAMPAIGN,
+                campaign_name="Plans",
+                export_type=export_type,
+                requester_user_id="u",
+                date_key=None,
+                include_all_markets=export_type is ExportType.ENTRIES or None,
+                filters=filters,
+            )
         await repository.page(CAMPAIGN)
         await repository.page(CAMPAIGN, export_type=ExportType.ENTRIES)
         await repository.page(CAMPAIGN, status=ExportStatus.PENDING)
@@ -209,6 +226,7 @@ async def test_every_queue_and_exporter_query_uses_an_index(
         recorder.on = False
 
     assert {e.export_type for e in done} == set(EXPORTERS)
+    assert {e.export_type for e in done if e.filters is not None} == FILTERABLE_TYPES
     assert all(e.status is ExportStatus.FINISHED for e in done), [
         (e.export_type.value, e.error) for e in done if e.status is not ExportStatus.FINISHED
     ]
