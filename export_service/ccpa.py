@@ -7,8 +7,8 @@ One request goes:
    scoring, assigned codes, SMS wave membership), each on an index of its user field;
 3. load every export of a CCPA type in those campaigns (one query, any status);
 4. in rounds, until nothing is left or moving:
-   * PENDING exports are deleted outright (they have nothing in S3; a worker's claim then finds
-     nothing);
+   * PENDING exports are deleted outright (a worker's claim then finds nothing); one that kept
+     the upload of an interrupted run for resuming has it aborted first;
    * TRIGGERED exports are taken from their worker (`workerId` := `CCPA_OWNER`): the worker's
      next compare-and-set fails, so it stops and removes its own uploads, and can record no new
      one; the export is read again in the next round with its `uploads` frozen;
@@ -200,9 +200,17 @@ class CcpaDeletion:
         if running:
             await self._repository.take_over(_ids(running), CCPA_OWNER)
             again += _ids(running)  # their uploads are frozen only from now on: read again
+        # A PENDING export may keep the upload of an interrupted run for resuming (DESIGN §14):
+        # aborted first, then the document, if it still holds just that.
+        kept = [i for i in queued if i.uploads]
+        queued = [i for i in queued if not i.uploads]
         if queued:
             deleted = await self._repository.delete_pending(_ids(queued))
             again += await self._settle(queued, deleted, result)
+        if kept:
+            aborted = await self._abort_uploads(kept, result)
+            deleted = await self._repository.delete_pending_resumable(aborted)
+            again += await self._settle(aborted, deleted, result)
         clean = await self._clear_objects(ended, result) + await self._abort_uploads(taken, result)
         if clean:
             clean_ended = [i for i in clean if i.export.status in TERMINAL_STATUSES]

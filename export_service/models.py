@@ -171,6 +171,10 @@ class Export:
     cancelled_by: str | None = None
     # contract §13's shape: the export's objects are gone ({date, reason}); its files stay listed.
     purged: dict[str, Any] | None = None
+    # DESIGN §14: where an interrupted run left off (`exporters/checkpoint.py`), and the rows
+    # the current or last run started from when it resumed one.
+    checkpoint: dict[str, Any] | None = None
+    resumed_from: int | None = None
 
     @property
     def terminal(self) -> bool:
@@ -200,6 +204,8 @@ class Export:
             cancel_requested=bool(doc.get("cancelRequested")),
             cancelled_by=doc.get("cancelledBy"),
             purged=doc.get("purged"),
+            checkpoint=doc.get("checkpoint"),
+            resumed_from=doc.get("resumedFrom"),
         )
 
     def to_api(self) -> dict[str, Any]:
@@ -213,7 +219,10 @@ class Export:
             "requesterUserId": self.requester_user_id,
             "date": {name: iso(value) for name, value in self.date.items()},
             "progress": dict(self.progress),
+            "attempts": self.attempts,
         }
+        if self.resumed_from is not None:
+            body["resumedFrom"] = self.resumed_from
         if self.date_key is not None:
             body["dateKey"] = self.date_key
         if self.include_all_markets is not None:

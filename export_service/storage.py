@@ -9,7 +9,6 @@ aborted export never leaves a half-written object behind.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import aioboto3
 import structlog
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from rehashes import PySha256
 
 from export_service import metrics
 from export_service.errors import StorageError
@@ -37,6 +37,37 @@ class WrittenObject:
     key: str
     bytes: int
     sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class UploadedPart:
+    number: int
+    etag: str
+    size: int
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"PartNumber": self.number, "ETag": self.etag, "size": self.size}
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> UploadedPart:
+        return cls(int(doc["PartNumber"]), str(doc["ETag"]), int(doc["size"]))
+
+
+@dataclass(frozen=True, slots=True)
+class WriterState:
+    """What a multipart writer has made durable: its upload, the parts 1..n uploaded, the bytes
+    they hold and the SHA-256 state after their last byte (`rehashes`, 104 bytes), plus the
+    caller's `mark` of where in its input the last part ended."""
+
+    upload_id: str
+    parts: tuple[UploadedPart, ...]
+    size: int
+    sha256_state: bytes
+    mark: Any
+
+
+# Awaited with the writer's state each time one more part (and all before it) is uploaded.
+CheckpointFn = Callable[[WriterState], Awaitable[None]]
 
 
 class Storage:
@@ -159,6 +190,27 @@ class Storage:
         if remove_object:
             await self.delete(bucket, [key])
 
+    async def uploaded_parts(
+        self, bucket: str, key: str, upload_id: str
+    ) -> list[UploadedPart] | None:
+        """The parts S3 holds for an unfinished upload; None when the upload is gone."""
+        parts: list[UploadedPart] = []
+        params: dict[str, Any] = {"Bucket": bucket, "Key": key, "UploadId": upload_id}
+        while True:
+            try:
+                answer = await self.call("list_parts", **params)
+            except StorageError as exc:
+                if exc.payload.get("s3_code") in ("NoSuchUpload", "404", "NoSuchKey"):
+                    return None
+                raise
+            parts += [
+                UploadedPart(int(p["PartNumber"]), str(p["ETag"]), int(p["Size"]))
+                for p in answer.get("Parts") or []
+            ]
+            if not answer.get("IsTruncated"):
+                return parts
+            params["PartNumberMarker"] = answer["NextPartNumberMarker"]
+
     def writer(
         self,
         bucket: str,
@@ -168,6 +220,7 @@ class Storage:
         content_type: str,
         on_start: Callable[[str | None], Awaitable[None]],
         before_commit: Callable[[], Awaitable[None]] | None = None,
+        on_checkpoint: CheckpointFn | None = None,
     ) -> ObjectWriter:
         return ObjectWriter(
             self,
@@ -179,6 +232,7 @@ class Storage:
             concurrency=self._settings.s3_upload_concurrency,
             on_start=on_start,
             before_commit=before_commit,
+            on_checkpoint=on_checkpoint,
         )
 
 
@@ -188,6 +242,11 @@ class ObjectWriter:
     Memory stays at about (concurrency + 1) parts whatever the object's size. Small objects
     (under one part) go up in a single PutObject at close. `on_start` is told the upload id
     before the first byte goes out, so a crash can always be cleaned up by someone else.
+
+    A part holds whole `write()` calls (a part is cut only after a call), so the `mark` given
+    with the last call of a part says where the caller's input stands at the part's end.
+    `on_checkpoint` is awaited once per part, in part order, after that part and every part
+    before it are uploaded: a run that stops can be resumed from there (`resume`).
     """
 
     def __init__(
@@ -202,6 +261,7 @@ class ObjectWriter:
         concurrency: int,
         on_start: Callable[[str | None], Awaitable[None]],
         before_commit: Callable[[], Awaitable[None]] | None = None,
+        on_checkpoint: CheckpointFn | None = None,
     ) -> None:
         self.bucket = bucket
         self.key = key
@@ -214,13 +274,23 @@ class ObjectWriter:
         self._on_start = on_start
         # Awaited right before the object is made visible; raising there keeps it invisible.
         self._before_commit = before_commit
+        self.on_checkpoint = on_checkpoint
         self._buffer = bytearray()
-        self._hash = hashlib.sha256()
+        # Resumable (its state serialises), unlike hashlib's; as fast (both ~320 MB/s here).
+        self._hash = PySha256()
         self._size = 0
         self._upload_id: str | None = None
-        self._parts: list[dict[str, Any]] = []
-        self._in_flight: list[asyncio.Task[dict[str, Any]]] = []
+        self._parts: list[UploadedPart] = []
+        self._in_flight: list[asyncio.Task[UploadedPart]] = []
+        # Parts uploaded, by number, with the writer's state at their end, until checkpointed.
+        self._uploaded: dict[int, tuple[UploadedPart, int, bytes, Any]] = {}
+        self._durable: list[UploadedPart] = []
+        self._checkpointing = asyncio.Lock()
+        self._mark: Any = None
         self._started = False
+        # Once the upload id is recorded on the export, the upload belongs to the export (a
+        # later run may resume it), not to this run alone.
+        self.recorded = False
         # Set once this writer asks S3 to make the object visible: only from then on can an
         # object under the key be its own (another run of the same export writes the same key).
         self._committing = False
@@ -229,12 +299,24 @@ class ObjectWriter:
     def size(self) -> int:
         return self._size
 
-    async def write(self, data: bytes) -> None:
+    def resume(self, state: WriterState) -> None:
+        """Continue an upload from a checkpoint whose parts the caller checked on S3."""
+        self._upload_id = state.upload_id
+        self._parts = list(state.parts)
+        self._durable = list(state.parts)
+        self._size = state.size
+        self._hash = PySha256.deserialize(state.sha256_state)
+        self._mark = state.mark
+        self._started = True
+        self.recorded = True
+
+    async def write(self, data: bytes, mark: Any = None) -> None:
         if not data:
             return
         self._hash.update(data)
         self._size += len(data)
         self._buffer += data
+        self._mark = mark
         if len(self._buffer) >= self._part_size:
             await self._ship_part()
 
@@ -246,15 +328,19 @@ class ObjectWriter:
             self._upload_id = answer["UploadId"]
             self._started = True
             await self._on_start(self._upload_id)
+            self.recorded = True
         body = bytes(self._buffer)
         self._buffer.clear()
         number = len(self._parts) + len(self._in_flight) + 1
-        self._in_flight.append(asyncio.create_task(self._upload_part(number, body)))
+        at_end = (self._size, self._hash.serialize(), self._mark)
+        self._in_flight.append(asyncio.create_task(self._upload_part(number, body, at_end)))
         if len(self._in_flight) >= self._concurrency:
             done = self._in_flight.pop(0)
             self._parts.append(await done)
 
-    async def _upload_part(self, number: int, body: bytes) -> dict[str, Any]:
+    async def _upload_part(
+        self, number: int, body: bytes, at_end: tuple[int, bytes, Any]
+    ) -> UploadedPart:
         answer = await self._storage.call(
             "upload_part",
             Bucket=self.bucket,
@@ -264,7 +350,22 @@ class ObjectWriter:
             Body=body,
         )
         metrics.S3_BYTES.labels(self.bucket).inc(len(body))
-        return {"PartNumber": number, "ETag": answer["ETag"]}
+        part = UploadedPart(number, answer["ETag"], len(body))
+        if self.on_checkpoint is not None:
+            self._uploaded[number] = (part, *at_end)
+            await self._checkpoint()
+        return part
+
+    async def _checkpoint(self) -> None:
+        """Report the longest run of uploaded parts from part 1, once per new part."""
+        assert self.on_checkpoint is not None and self._upload_id is not None
+        async with self._checkpointing:
+            while (number := len(self._durable) + 1) in self._uploaded:
+                part, size, hash_state, mark = self._uploaded.pop(number)
+                self._durable.append(part)
+                await self.on_checkpoint(
+                    WriterState(self._upload_id, tuple(self._durable), size, hash_state, mark)
+                )
 
     async def close(self) -> WrittenObject:
         if self._upload_id is None:
@@ -283,35 +384,41 @@ class ObjectWriter:
             for task in self._in_flight:
                 self._parts.append(await task)
             self._in_flight.clear()
-            self._parts.sort(key=lambda p: p["PartNumber"])
+            self._parts.sort(key=lambda p: p.number)
             await self._commit()
+            parts = [{"PartNumber": p.number, "ETag": p.etag} for p in self._parts]
             try:
                 await self._storage.call(
                     "complete_multipart_upload",
                     Bucket=self.bucket,
                     Key=self.key,
                     UploadId=self._upload_id,
-                    MultipartUpload={"Parts": self._parts},
+                    MultipartUpload={"Parts": parts},
                 )
             except StorageError as exc:
                 if exc.payload.get("s3_code") == "NoSuchUpload":
                     # Aborted by whoever took the export over: the object is not ours.
                     self._committing = False
                 raise
-        return WrittenObject(self.bucket, self.key, self._size, self._hash.hexdigest())
+        return WrittenObject(self.bucket, self.key, self._size, self._hash.finalize())
 
     async def _commit(self) -> None:
         if self._before_commit is not None:
             await self._before_commit()
         self._committing = True
 
-    async def abort(self) -> None:
+    async def abort(self, *, keep_recorded: bool = False) -> None:
         """Cancel parts in flight and remove the upload, and the object if this writer may
-        have made it: never one that a newer run of the same export wrote under the key."""
+        have made it: never one that a newer run of the same export wrote under the key.
+
+        `keep_recorded`: a run interrupted, not ended, leaves an upload recorded on the export
+        (and its checkpoint) for the next run to resume; whoever ends the export aborts it."""
         for task in self._in_flight:
             task.cancel()
         await asyncio.gather(*self._in_flight, return_exceptions=True)
         self._in_flight.clear()
+        if keep_recorded and self.recorded and not self._committing:
+            return
         if self._started:
             await self._storage.abort_upload(
                 self.bucket, self.key, self._upload_id, remove_object=self._committing

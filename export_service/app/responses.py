@@ -116,6 +116,16 @@ class ExportView(BaseModel):
     filters: FiltersView | None = None
     date: ExportDates
     progress: ExportProgress
+    attempts: int = Field(
+        ge=0, description="Runs started so far (a run cut off by a lost worker runs again)."
+    )
+    resumedFrom: int | None = Field(
+        default=None,
+        ge=0,
+        description="Rows the current (or last) run did not write again: it resumed an "
+        "interrupted run from its last checkpoint (DESIGN §14). Absent when it started from "
+        "row 0.",
+    )
     count: int | None = Field(default=None, ge=0, description="Rows written (all files).")
     files: list[ExportFileView] | None = None
     path: str | None = Field(

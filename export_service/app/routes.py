@@ -192,6 +192,12 @@ async def cancel_export(request: web.Request) -> web.Response:
             exportStatus=export.status.value,
         )
     if result.outcome == "cancelled":
+        # A PENDING export may hold the upload of an interrupted run, kept for resuming
+        # (DESIGN §14): a cancel removes it too.
+        uploads = await services.repository.uploads(export_id)
+        if uploads:
+            await services.worker.clean_uploads(uploads)
+            await services.repository.clear_uploads(export_id)
         # Ended here, not by a worker: its webhook events go to the outbox from here too.
         await services.notifier.ended(export)
     if result.outcome == "requested":

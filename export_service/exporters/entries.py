@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from export_service.encoding.entries import ADDITIONAL_MARKETS, ENTRY_COLUMNS, VALUES, EntryEncoder
 from export_service.encoding.formatting import text
@@ -54,6 +55,10 @@ _ENTRY_VALUES = (
     "$marketId",
     "$date.created",
 )
+
+
+def _entry_id(doc: Doc) -> Any:
+    return doc[VALUES][0]  # `$_id` comes first (and `_id` itself is projected out)
 
 
 def _entry_projection(ctx: Context) -> Doc:
@@ -113,7 +118,7 @@ async def _count_entries(ctx: Context) -> int:
 
 ENTRIES = ExporterSpec(
     export_type=ExportType.ENTRIES,
-    source=Source("entries", _entries_filter, _entry_projection),
+    source=Source("entries", _entries_filter, _entry_projection, document_id=_entry_id),
     columns=entry_columns,
     encoder=_entry_encoder,
     needs_markets=True,

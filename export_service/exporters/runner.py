@@ -6,17 +6,18 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import cast
+from typing import Any, cast
 
 import bson
 
 from export_service.encoding.batch import BatchEncoder, EncodedBatch
 from export_service.encoding.processes import EncoderProcesses
 from export_service.errors import NoMarketsFound
+from export_service.exporters.checkpoint import Checkpoint, resumable
 from export_service.exporters.sinks import CsvSink, Sink, SinkTarget
 from export_service.exporters.spec import Context, ExporterSpec, Layout, Source
 from export_service.models import StoredFile
-from export_service.storage import ObjectWriter
+from export_service.storage import ObjectWriter, WriterState
 
 # (bucket, key, acl, content type) → a writer whose upload the worker tracks for clean-up.
 WriterFactory = Callable[[str, str, str | None, str], ObjectWriter]
@@ -29,6 +30,11 @@ SinkFactory = Callable[[ExporterSpec, Context, SinkTarget], Sink]
 # `find_raw_batches` gives them). The runner decodes them, so a replayed source (the
 # benchmark's) goes through the same decoding as the database cursor.
 BatchReader = Callable[[Source, Context], AsyncGenerator[bytes]]
+# Awaited with each new checkpoint of a resumable run (DESIGN §14).
+CheckpointFn = Callable[[Checkpoint], Awaitable[None]]
+# Whether a failure only interrupts the run (it runs again and may resume), so that the upload
+# recorded on the export is left for the next run instead of aborted.
+InterruptedFn = Callable[[BaseException], bool]
 
 
 def object_base_key(ctx: Context) -> str:
@@ -51,7 +57,7 @@ def default_sink(spec: ExporterSpec, ctx: Context, target: SinkTarget) -> Sink:
 async def read_cursor(source: Source, ctx: Context) -> AsyncGenerator[bytes]:
     """The source's query as one indexed cursor (no skip/limit paging), in raw batches."""
     cursor = ctx.db[source.collection].find_raw_batches(
-        source.filter(ctx),
+        source.query(ctx),
         source.fields(ctx),
         sort=list(source.sort),
         batch_size=ctx.settings.batch_size,
@@ -87,27 +93,42 @@ async def _read_ahead(batches: AsyncGenerator[bytes]) -> AsyncGenerator[bytes]:
         await batches.aclose()
 
 
+def last_document(raw: bytes) -> bytes:
+    """The last BSON document of a raw batch (each starts with its int32 little-endian size)."""
+    offset = 0
+    while (end := offset + int.from_bytes(raw[offset : offset + 4], "little")) < len(raw):
+        offset = end
+    return raw[offset:end]
+
+
 async def _encoded(
-    batches: AsyncIterator[bytes], encoder: BatchEncoder, processes: EncoderProcesses | None
-) -> AsyncGenerator[EncodedBatch]:
-    """The batches encoded, in order: by `processes` with one batch more in flight than there
-    are processes (each has its next batch while the worker uploads), else here, one by one."""
+    batches: AsyncIterator[bytes],
+    encoder: BatchEncoder,
+    processes: EncoderProcesses | None,
+    last_id: Callable[[bytes], Any],
+) -> AsyncGenerator[tuple[EncodedBatch, Any]]:
+    """The batches encoded, in order, each with `last_id` of its raw batch: by `processes` with
+    one batch more in flight than there are processes (each has its next batch while the worker
+    uploads), else here, one by one."""
     if processes is None:
         async for raw in batches:
-            yield encoder(raw)
+            yield encoder(raw), last_id(raw)
         return
-    in_flight: deque[asyncio.Task[EncodedBatch]] = deque()
+    in_flight: deque[tuple[asyncio.Task[EncodedBatch], Any]] = deque()
     try:
         async for raw in batches:
-            in_flight.append(asyncio.create_task(processes.encode(encoder, raw)))
+            task = asyncio.create_task(processes.encode(encoder, raw))
+            in_flight.append((task, last_id(raw)))
             if len(in_flight) > processes.processes:
-                yield await in_flight.popleft()
+                task, key = in_flight.popleft()
+                yield await task, key
         while in_flight:
-            yield await in_flight.popleft()
+            task, key = in_flight.popleft()
+            yield await task, key
     finally:
-        for task in in_flight:
+        for task, _ in in_flight:
             task.cancel()
-        await asyncio.gather(*in_flight, return_exceptions=True)
+        await asyncio.gather(*(task for task, _ in in_flight), return_exceptions=True)
 
 
 async def load_markets(ctx: Context) -> None:
@@ -125,11 +146,19 @@ async def run_export(
     sink_factory: SinkFactory = default_sink,
     read: BatchReader = read_cursor,
     encoders: EncoderProcesses | None = None,
+    on_checkpoint: CheckpointFn | None = None,
+    resume: Checkpoint | None = None,
+    interrupted: InterruptedFn | None = None,
 ) -> tuple[list[StoredFile], int]:
     """Stream the export to S3; returns its files and row count. Cleans up on any failure.
 
     `read` supplies each source's documents; the default is the database cursor. A spec with
     an encoder has its batches encoded by `encoders` when given, else in this process.
+
+    A resumable spec (`checkpoint.resumable`) with `on_checkpoint` reports a checkpoint per
+    uploaded part and, given `resume` (a checkpoint whose parts the caller checked on S3),
+    goes on from it. A failure that `interrupted` says is an interruption leaves the recorded
+    upload in place for the next run.
     """
     if spec.needs_markets:
         await load_markets(ctx)
@@ -153,17 +182,38 @@ async def run_export(
     sink = sink_factory(spec, ctx, target)
     codec_options = ctx.db.codec_options
     rows_done = 0
+    checkpointed = on_checkpoint is not None and resumable(spec) and isinstance(sink, CsvSink)
+    if checkpointed:
+        assert isinstance(sink, CsvSink) and on_checkpoint is not None
+        key = sink.key
+        save = on_checkpoint
+
+        async def checkpoint(state: WriterState) -> None:
+            await save(Checkpoint.of(bucket, key, state, ctx.export.date.get("triggered")))
+
+        sink.writer.on_checkpoint = checkpoint
+        if resume is not None:
+            sink.resume(resume.writer_state(), resume.rows)
+            rows_done = resume.rows
+            ctx.resume_after = resume.last_id
+            await on_progress(rows_done)
+
+    def batch_last_id(raw: bytes) -> Any:
+        if not checkpointed:
+            return None
+        return spec.source.document_id(bson.decode(last_document(raw), codec_options))
+
     try:
         # Whole batches at a time: one await per batch instead of one per document. Closed
         # at once on failure, so the batch asked for ahead and the cursor go with it.
         async with contextlib.aclosing(_read_ahead(read(spec.source, ctx))) as batches:
             if spec.encoder is not None:
                 assert isinstance(sink, CsvSink)  # an encoder's spec has the CSV layout
-                encoded = _encoded(batches, spec.encoder(ctx), encoders)
+                encoded = _encoded(batches, spec.encoder(ctx), encoders, batch_last_id)
                 async with contextlib.aclosing(encoded) as encoded_batches:
-                    async for batch in encoded_batches:
-                        await sink.write_encoded(batch)
+                    async for batch, last_id in encoded_batches:
                         rows_done += batch.rows
+                        await sink.write_encoded(batch, (rows_done, last_id))
                         await on_progress(rows_done)
             else:
                 assert spec.transform is not None
@@ -181,7 +231,11 @@ async def run_export(
             # The files are written from the spool now: their rows are all known.
             await on_total(rows_done)
         files = await sink.close()
-    except BaseException:
-        await sink.abort()
+    except BaseException as exc:
+        if checkpointed and interrupted is not None and interrupted(exc):
+            assert isinstance(sink, CsvSink)
+            await sink.abort(keep_recorded=True)
+        else:
+            await sink.abort()
         raise
     return files, sum(f.rows for f in files)

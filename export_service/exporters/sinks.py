@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from export_service.encoding.batch import EncodedBatch
 from export_service.encoding.formatting import CsvEncoder
 from export_service.models import StoredFile
-from export_service.storage import ObjectWriter, WrittenObject
+from export_service.storage import ObjectWriter, WriterState, WrittenObject
 
 # Opens a writer for (key, content type); the runner wires upload tracking and the bucket/ACL.
 OpenWriter = Callable[[str, str], ObjectWriter]
@@ -53,9 +53,23 @@ class CsvSink:
     def __init__(self, target: SinkTarget) -> None:
         self._target = target
         self._encoder = CsvEncoder()
-        self._writer = target.open_writer(f"{target.base_key}.csv", "text/csv; charset=utf-8")
+        self._writer = target.open_writer(self.key, "text/csv; charset=utf-8")
         self._rows = 0
         self._header_written = False
+
+    @property
+    def key(self) -> str:
+        return f"{self._target.base_key}.csv"
+
+    @property
+    def writer(self) -> ObjectWriter:
+        return self._writer
+
+    def resume(self, state: WriterState, rows: int) -> None:
+        """Go on after `rows` rows (header included in the parts) of a checked checkpoint."""
+        self._writer.resume(state)
+        self._rows = rows
+        self._header_written = True
 
     async def write(self, rows: Sequence[Any]) -> None:
         await self._write_header()
@@ -63,12 +77,13 @@ class CsvSink:
             self._rows += len(rows)
             await self._writer.write(self._encoder.encode(rows))
 
-    async def write_encoded(self, batch: EncodedBatch) -> None:
-        """Rows an encoder has CSV-encoded already."""
+    async def write_encoded(self, batch: EncodedBatch, mark: Any = None) -> None:
+        """Rows an encoder has CSV-encoded already; `mark` says where the input stands after
+        them (see `ObjectWriter`)."""
         await self._write_header()
         if batch.rows:
             self._rows += batch.rows
-            await self._writer.write(batch.data)
+            await self._writer.write(batch.data, mark)
 
     async def _write_header(self) -> None:
         if not self._header_written:
@@ -80,5 +95,5 @@ class CsvSink:
         written = await self._writer.close()
         return [self._target.stored(written, self._rows)]
 
-    async def abort(self) -> None:
-        await self._writer.abort()
+    async def abort(self, *, keep_recorded: bool = False) -> None:
+        await self._writer.abort(keep_recorded=keep_recorded)

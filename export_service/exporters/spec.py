@@ -44,6 +44,8 @@ class Context:
     campaign: Doc
     markets: dict[str, Doc] = field(default_factory=dict)
     lookups: dict[str, Any] = field(default_factory=dict)
+    # A resumed run: the cursor reads only documents whose `_id` is greater (DESIGN §14).
+    resume_after: Any = None
 
     @property
     def campaign_id(self) -> str:
@@ -67,6 +69,10 @@ PartitionsFn = Callable[[Context], Sequence[Any]]
 FileNameFn = Callable[[Context, Any, int], str]
 
 
+def document_id(doc: Doc) -> Any:
+    return doc["_id"]
+
+
 @dataclass(frozen=True, slots=True)
 class Source:
     collection: str
@@ -74,6 +80,17 @@ class Source:
     # Fixed, or made per run (e.g. one field per campaign preference).
     projection: Doc | ProjectionFn | None = None
     sort: Sequence[tuple[str, int]] = (("_id", 1),)
+    # The `_id` of a document as the projection returns it (a checkpoint records the last).
+    document_id: Callable[[Doc], Any] = document_id
+
+    def query(self, ctx: Context) -> Doc:
+        """This run's filter: a resumed run's cursor starts after its checkpoint's `_id`, on
+        the same index as a full run (a range on `_id` after the equality fields)."""
+        query = self.filter(ctx)
+        if ctx.resume_after is None:
+            return query
+        after = {"_id": {"$gt": ctx.resume_after}}
+        return {**query, **after} if "_id" not in query else {"$and": [query, after]}
 
     def fields(self, ctx: Context) -> Doc | None:
         """The projection of this run's query."""

@@ -467,6 +467,35 @@ class ExportRepository:
             self._owned(export_id, worker_id), {"$pull": {"uploads": upload.to_doc()}}
         )
 
+    async def save_checkpoint(self, export_id: str, worker_id: str, checkpoint: Doc) -> bool:
+        """Record where the run stands (DESIGN §14); False when the export is no longer ours."""
+        result = await self._exports.update_one(
+            self._owned(export_id, worker_id), {"$set": {"checkpoint": checkpoint}}
+        )
+        return result.matched_count == 1
+
+    async def begin_run(
+        self, export_id: str, worker_id: str, keep: PendingUpload | None, resumed_from: int | None
+    ) -> bool:
+        """Settle what earlier runs left before this one writes: keep only the upload it
+        resumes (with its checkpoint) or nothing, and record `resumedFrom`. The caller aborted
+        the other uploads first."""
+        update: Doc = {"$set": {}, "$unset": {}}
+        if keep is not None and resumed_from is not None:
+            update["$set"] = {"uploads": [keep.to_doc()], "resumedFrom": resumed_from}
+        else:
+            update["$unset"] = {"uploads": "", "checkpoint": "", "resumedFrom": ""}
+        update = {k: v for k, v in update.items() if v}
+        result = await self._exports.update_one(self._owned(export_id, worker_id), update)
+        return result.matched_count == 1
+
+    async def clear_uploads(self, export_id: str) -> None:
+        """Forget the uploads of a terminal export once they are aborted."""
+        await self._exports.update_one(
+            {"_id": export_id, "status": {"$in": [s.value for s in TERMINAL_STATUSES]}},
+            {"$unset": {"uploads": "", "checkpoint": ""}},
+        )
+
     async def uploads(self, export_id: str) -> list[PendingUpload]:
         doc = await self._exports.find_one({"_id": export_id}, {"uploads": 1})
         return [PendingUpload.from_doc(u) for u in (doc or {}).get("uploads") or []]
@@ -497,8 +526,15 @@ class ExportRepository:
         cursor = self._exports.find({"notified": False}, hint="unnotified").limit(limit)
         return [Export.from_doc(doc) async for doc in cursor]
 
-    def _leave_triggered(self, status: ExportStatus, now: datetime) -> Doc:
-        unset = {"slot": "", "workerId": "", "heartbeatAt": "", "uploads": ""}
+    def _leave_triggered(
+        self, status: ExportStatus, now: datetime, *, keep_uploads: bool = False
+    ) -> Doc:
+        unset = {"slot": "", "workerId": "", "heartbeatAt": ""}
+        if not keep_uploads:
+            # A terminal export's uploads were aborted by whoever ended it (from the list it
+            # read while it held the export); a checkpoint without its upload is worthless.
+            unset["uploads"] = ""
+            unset["checkpoint"] = ""
         if status is not ExportStatus.PENDING:
             unset["dedupeKey"] = ""
         return {"$unset": unset}
@@ -568,11 +604,15 @@ class ExportRepository:
         result = await self._exports.update_one(query, update)
         return result.modified_count == 1
 
-    async def requeue(self, export_id: str, worker_id: str | None) -> bool:
+    async def requeue(
+        self, export_id: str, worker_id: str | None, *, keep_uploads: bool = False
+    ) -> bool:
         """TRIGGERED → PENDING (shutdown or dead worker); keeps its place by `date.created`.
 
+        `keep_uploads`: the upload and checkpoint stay for the next run to resume (DESIGN §14);
+        every terminal path (cancel, CCPA, expiry, maxAttempts) still aborts them.
         Never for a run a user cancelled: that one ends with `end_cancelled` instead."""
-        update = self._leave_triggered(ExportStatus.PENDING, utcnow())
+        update = self._leave_triggered(ExportStatus.PENDING, utcnow(), keep_uploads=keep_uploads)
         update["$set"] = {"status": ExportStatus.PENDING.value, "progress": {"processed": 0}}
         update["$unset"]["date.triggered"] = ""
         query: Doc = {"_id": export_id, "status": ExportStatus.TRIGGERED.value, **_NOT_CANCELLED}
@@ -640,9 +680,32 @@ class ExportRepository:
         return [ExportUploads.from_doc(doc) async for doc in cursor]
 
     async def delete_pending(self, export_ids: Sequence[str]) -> int:
-        """Delete exports still PENDING (a claim in between keeps the document)."""
+        """Delete exports still PENDING with nothing in S3 (a claim in between keeps the
+        document; so does an upload kept for resuming, see `delete_pending_resumable`)."""
         result = await self._exports.delete_many(
-            {"_id": {"$in": list(export_ids)}, "status": ExportStatus.PENDING.value}
+            {
+                "_id": {"$in": list(export_ids)},
+                "status": ExportStatus.PENDING.value,
+                "uploads.0": {"$exists": False},
+            }
+        )
+        return result.deleted_count
+
+    async def delete_pending_resumable(self, items: Sequence[ExportUploads]) -> int:
+        """Delete PENDING exports whose kept uploads (DESIGN §14) the caller aborted: only if
+        they still hold exactly those (a run in between may have left others)."""
+        if not items:
+            return 0
+        clauses: list[Doc] = [
+            {
+                "_id": item.export.id,
+                "status": ExportStatus.PENDING.value,
+                "uploads": [u.to_doc() for u in item.uploads],
+            }
+            for item in items
+        ]
+        result = await self._exports.delete_many(
+            clauses[0] if len(clauses) == 1 else {"$or": clauses}
         )
         return result.deleted_count
 

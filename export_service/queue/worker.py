@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import socket
 import time
@@ -36,6 +37,7 @@ from export_service.errors import (
     ExportServiceError,
 )
 from export_service.exporters import spec_for
+from export_service.exporters.checkpoint import Checkpoint, resumable
 from export_service.exporters.runner import run_export
 from export_service.exporters.spec import Context
 from export_service.exporters.spool import remove_leftover_spools
@@ -240,16 +242,22 @@ class Worker:
             else:
                 # A new run writes the same keys, so the dead run's uploads are cleaned before
                 # the export can be claimed again, and the dead run is fenced off first.
+                # A resumable type keeps its upload and checkpoint: the next run checks and
+                # resumes it (or aborts it and starts over).
+                keep = _resumes(export)
                 changed = await self.repository.reassign(export.id, owner, self.worker_id)
                 if changed:
-                    await self._clean_uploads(uploads_of(doc))
-                    changed = await self.repository.requeue(export.id, self.worker_id)
+                    if not keep:
+                        await self.clean_uploads(uploads_of(doc))
+                    changed = await self.repository.requeue(
+                        export.id, self.worker_id, keep_uploads=keep
+                    )
                 outcome = ExportStatus.PENDING
             if not changed:
                 continue
             swept += 1
             if outcome is not ExportStatus.PENDING:
-                await self._clean_uploads(uploads_of(doc))
+                await self.clean_uploads(uploads_of(doc))
             # The running worker's event names, with `by="sweep"`: one name means one state.
             swept_log = log.bind(**_log_fields(export), by="sweep", previous_worker=owner)
             if outcome is ExportStatus.PENDING:
@@ -268,7 +276,8 @@ class Worker:
         else:
             await self.notifier.ended(export)
 
-    async def _clean_uploads(self, uploads: list[PendingUpload]) -> None:
+    async def clean_uploads(self, uploads: list[PendingUpload]) -> None:
+        """Abort unfinished uploads and remove any object under their keys; errors logged."""
         for upload in uploads:
             try:
                 await self.storage.abort_upload(upload.bucket, upload.key, upload.upload_id)
@@ -311,7 +320,7 @@ class Worker:
         if export.cancel_requested:
             cancel.set()
         heartbeat = asyncio.create_task(self._heartbeat(export, progress, lost, cancel))
-        run = asyncio.create_task(self._produce(export, progress))
+        run = asyncio.create_task(self._produce(export, progress, lost))
         try:
             outcome = await self._supervise(export, run, lost, cancel, started)
         finally:
@@ -377,7 +386,9 @@ class Worker:
         except asyncio.CancelledError:
             # Shutdown past its grace (or the process is going away): abort and re-queue.
             await _cancel(run)
-            if await self.repository.requeue(export.id, self.worker_id):
+            if await self.repository.requeue(
+                export.id, self.worker_id, keep_uploads=_resumes(export)
+            ):
                 log.warning("export_requeued", reason="shutdown", duration_s=seconds())
                 outcome = "requeued"
             else:
@@ -449,7 +460,7 @@ class Worker:
                 ExportStatus.FINISHED,
                 ExportStatus.TRIGGERED,
             ):
-                await self._clean_uploads([PendingUpload(f.bucket, f.key, None) for f in files])
+                await self.clean_uploads([PendingUpload(f.bucket, f.key, None) for f in files])
             log.warning("export_lost", stage="finish", duration_s=seconds())
             return "lost"
         metrics.EXPORT_ROWS.labels(export.export_type.value).observe(count)
@@ -465,15 +476,50 @@ class Worker:
     async def _end_cancelled(self, export: Export, duration_s: float) -> str:
         """Carry out a cancel once the run has stopped: remove every object it started or
         completed (its recorded uploads), then end the export FAILED Cancelled."""
-        await self._clean_uploads(await self.repository.uploads(export.id))
+        await self.clean_uploads(await self.repository.uploads(export.id))
         if not await self.repository.end_cancelled(export.id, self.worker_id):
             log.warning("export_lost", stage="cancel", duration_s=duration_s)
             return "lost"
         log.warning("export_cancelled", duration_s=duration_s)
         return "cancelled"
 
+    async def _begin(self, export: Export) -> Checkpoint | None:
+        """Settle what earlier runs left in S3 before this run writes: the checkpoint to resume
+        from (its parts checked with ListParts), or None, with every other upload aborted."""
+        uploads = await self.repository.uploads(export.id)
+        checkpoint = Checkpoint.from_doc(export.checkpoint) if export.checkpoint else None
+        if not uploads and checkpoint is None and export.resumed_from is None:
+            return None  # the common case: a first run
+        keep: PendingUpload | None = None
+        if checkpoint is not None and _resumes(export):
+            on_s3 = await self.storage.uploaded_parts(
+                checkpoint.bucket, checkpoint.key, checkpoint.upload_id
+            )
+            if checkpoint.matches(on_s3):
+                keep = PendingUpload(checkpoint.bucket, checkpoint.key, checkpoint.upload_id)
+            else:
+                # Aborted meanwhile (a lifecycle rule) or not what we recorded: from row 0.
+                log.warning(
+                    "checkpoint_discarded",
+                    reason="upload gone" if on_s3 is None else "parts differ",
+                    rows=checkpoint.rows,
+                )
+                uploads.append(
+                    PendingUpload(checkpoint.bucket, checkpoint.key, checkpoint.upload_id)
+                )
+        await self.clean_uploads(list(dict.fromkeys(u for u in uploads if u != keep)))
+        resumed = checkpoint if keep is not None else None
+        rows = resumed.rows if resumed is not None else None
+        if not await self.repository.begin_run(export.id, self.worker_id, keep, rows):
+            raise ExportLost()
+        if resumed is not None:
+            log.info(
+                "export_resumed", rows=resumed.rows, parts=len(resumed.parts), bytes=resumed.size
+            )
+        return resumed
+
     async def _produce(
-        self, export: Export, progress: dict[str, int]
+        self, export: Export, progress: dict[str, int], lost: asyncio.Event
     ) -> tuple[list[StoredFile], int]:
         spec = spec_for(export.export_type)
         if spec is None:
@@ -481,7 +527,25 @@ class Worker:
         campaign = await self.db["campaigns"].find_one({"_id": export.campaign_id})
         if campaign is None:
             raise CampaignNotFound(f"CampaignNotFound: campaign {export.campaign_id} is gone")
+        resume = await self._begin(export)
+        if resume is not None and resume.cut is not None:
+            # The rows of the first run's cut, not of this run's start (contract §12).
+            export = dataclasses.replace(export, date={**export.date, "triggered": resume.cut})
         ctx = Context(export=export, db=self.db, settings=self.settings, campaign=campaign)
+
+        async def on_checkpoint(checkpoint: Checkpoint) -> None:
+            saved = await self.repository.save_checkpoint(
+                export.id, self.worker_id, checkpoint.to_doc()
+            )
+            if not saved:
+                raise ExportLost()
+
+        def interrupted(exc: BaseException) -> bool:
+            # The run stops but the export goes on (re-queued, or taken over by whoever
+            # fenced us off): its recorded upload is the next run's to resume or abort.
+            if isinstance(exc, asyncio.CancelledError):
+                return self._aborting or lost.is_set()
+            return isinstance(exc, ConnectionFailure | EncoderLost | ExportLost)
 
         async def on_total(total: int) -> None:
             if not await self.repository.set_total(export.id, self.worker_id, total):
@@ -523,6 +587,9 @@ class Worker:
             on_total=on_total,
             on_progress=on_progress,
             encoders=self.encoders,
+            on_checkpoint=on_checkpoint,
+            resume=resume,
+            interrupted=interrupted,
         )
 
     async def _heartbeat(
@@ -582,6 +649,12 @@ def _log_fields(export: Export) -> dict[str, Any]:
         "export_type": export.export_type.value,
         "request_id": export.request_id,
     }
+
+
+def _resumes(export: Export) -> bool:
+    """Whether an interrupted run of this export's type resumes (DESIGN §14)."""
+    spec = spec_for(export.export_type)
+    return spec is not None and resumable(spec)
 
 
 def uploads_of(doc: dict[str, Any]) -> list[PendingUpload]:
