@@ -24,6 +24,7 @@ schemathesis = pytest.importorskip(
 )
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
+from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
 
 Client = TestClient[Any, Any]
 EXAMPLES = 30
@@ -82,6 +83,21 @@ def fuzz(base_url: str, ledger: Ledger) -> None:
                         run_cases(strategy, operation.label, base_url, session, headers, ledger)
 
 
+def _filters_rule(response: Any) -> bool:
+    """A 400 for a rule of `filters` that no JSON Schema states (contract §12): markets of the
+    campaign, `createdFrom < createdTo`, only types that read entries. The rest of the body is
+    still held to the schema, and the 400 still has to be a clean error that writes nothing."""
+    if response.status_code != 400:
+        return False
+    error = response.json()["error"]
+    if error["payload"]["code"] == "MarketNotFound":
+        return True
+    return any(
+        e["loc"][:1] == ["filters"] or "filters do not apply" in e["msg"]
+        for e in error["payload"].get("errors", [])
+    )
+
+
 def run_cases(
     strategy: Any,
     label: str,
@@ -93,9 +109,9 @@ def run_cases(
     @FUZZ
     @given(case=strategy)
     def run(case: Any) -> None:
-        response = case.call_and_validate(
-            base_url=base_url, session=session, headers=headers, timeout=30
-        )
+        response = case.call(base_url=base_url, session=session, headers=headers, timeout=30)
+        excluded = [positive_data_acceptance] if _filters_rule(response) else []
+        case.validate_response(response, excluded_checks=excluded, headers=headers)
         ledger.check(label, response)
 
     run()
