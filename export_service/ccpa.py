@@ -200,7 +200,7 @@ class CcpaDeletion:
         if running:
             await self._repository.take_over(_ids(running), CCPA_OWNER)
             again += _ids(running)  # their uploads are frozen only from now on: read again
-        # A PENDING export may keep the upload of an interrupted run for resuming (DESIGN §14):
+        # A PENDING export may keep the upload of an interrupted run for resuming (contract §14):
         # aborted first, then the document, if it still holds just that.
         kept = [i for i in queued if i.uploads]
         queued = [i for i in queued if not i.uploads]

@@ -171,7 +171,7 @@ class Export:
     cancelled_by: str | None = None
     # contract §13's shape: the export's objects are gone ({date, reason}); its files stay listed.
     purged: dict[str, Any] | None = None
-    # DESIGN §14: where an interrupted run left off (`exporters/checkpoint.py`), and the rows
+    # contract §14: where an interrupted run left off (`exporters/checkpoint.py`), and the rows
     # the current or last run started from when it resumed one.
     checkpoint: dict[str, Any] | None = None
     resumed_from: int | None = None

@@ -12,15 +12,18 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aioboto3
 import structlog
+from aiobotocore.session import get_session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from rehashes import PySha256
 
 from export_service import metrics
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3.client import S3Client
 from export_service.errors import StorageError
 from export_service.settings import Settings
 
@@ -71,7 +74,7 @@ CheckpointFn = Callable[[WriterState], Awaitable[None]]
 
 
 class Storage:
-    def __init__(self, client: Any, settings: Settings) -> None:
+    def __init__(self, client: S3Client, settings: Settings) -> None:
         self._s3 = client
         self._settings = settings
 
@@ -92,19 +95,20 @@ class Storage:
             # part would be a second pass over the data on the export's hot path.
             request_checksum_calculation="when_required",
         )
-        session = (
-            aioboto3.Session(aws_access_key_id=credentials[0], aws_secret_access_key=credentials[1])
+        # aiobotocore directly: aioboto3's resource layer and extras were never used.
+        keys = (
+            {"aws_access_key_id": credentials[0], "aws_secret_access_key": credentials[1]}
             if credentials
-            else aioboto3.Session()
+            else {}
         )
         async with AsyncExitStack() as stack:
-            client = await stack.enter_async_context(
-                session.client("s3", endpoint_url=endpoint_url, config=config)
+            client: S3Client = await stack.enter_async_context(
+                get_session().create_client("s3", endpoint_url=endpoint_url, config=config, **keys)
             )
             yield cls(client, settings)
 
     @property
-    def client(self) -> Any:
+    def client(self) -> S3Client:
         return self._s3
 
     async def call(self, operation: str, **params: Any) -> Any:

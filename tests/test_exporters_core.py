@@ -25,7 +25,7 @@ body_of = download
 
 async def grants(services: Services, bucket: str, key: str) -> list[dict[str, Any]]:
     answer = await services.storage.client.get_object_acl(Bucket=bucket, Key=key)
-    return list(answer["Grants"])
+    return [dict(g) for g in answer["Grants"]]
 
 
 async def test_entries_file_byte_for_byte(services: Services) -> None:

@@ -139,7 +139,7 @@ async def test_shutdown_past_grace_requeues_and_cleans_up(services: Services) ->
     await services.worker.shutdown(grace=0)
     requeued = await running
     assert requeued is not None and requeued.status is ExportStatus.PENDING
-    # entries resume (DESIGN §14): at most its own upload stays, for the next run.
+    # entries resume (contract §14): at most its own upload stays, for the next run.
     assert len(await multipart_uploads(services.storage, services.settings.bucket_exports)) <= 1
     assert await object_keys(services.storage, services.settings.bucket_exports) == []
     assert await services.worker.process() is None  # a stopping worker claims nothing
@@ -182,7 +182,7 @@ async def test_sweep_requeues_dead_workers_export_and_aborts_its_upload(
     )
     assert await services.worker.sweep() == 1
     assert (await services.repository.get(export.id)).status is ExportStatus.PENDING  # type: ignore[union-attr]
-    # codes resume (DESIGN §14): the upload stays until the next run finds no checkpoint
+    # codes resume (contract §14): the upload stays until the next run finds no checkpoint
     # for it and aborts it before writing.
     (done,) = await services.worker.drain()
     assert done.status is ExportStatus.FINISHED

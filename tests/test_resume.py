@@ -1,4 +1,4 @@
-"""Interrupted runs resume from their last checkpoint, byte-identical (DESIGN §14)."""
+"""Interrupted runs resume from their last checkpoint, byte-identical (contract §14)."""
 
 from __future__ import annotations
 

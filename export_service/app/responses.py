@@ -123,7 +123,7 @@ class ExportView(BaseModel):
         default=None,
         ge=0,
         description="Rows the current (or last) run did not write again: it resumed an "
-        "interrupted run from its last checkpoint (DESIGN §14). Absent when it started from "
+        "interrupted run from its last checkpoint (contract §14). Absent when it started from "
         "row 0.",
     )
     count: int | None = Field(default=None, ge=0, description="Rows written (all files).")

@@ -193,7 +193,7 @@ async def cancel_export(request: web.Request) -> web.Response:
         )
     if result.outcome == "cancelled":
         # A PENDING export may hold the upload of an interrupted run, kept for resuming
-        # (DESIGN §14): a cancel removes it too.
+        # (contract §14): a cancel removes it too.
         uploads = await services.repository.uploads(export_id)
         if uploads:
             await services.worker.clean_uploads(uploads)

@@ -1,4 +1,4 @@
-"""Checkpoints of resumable runs (DESIGN §14): where an interrupted export can go on from.
+"""Checkpoints of resumable runs (contract §14): where an interrupted export can go on from.
 
 A checkpoint is stored on the export document once per uploaded part (after that part and all
 before it are on S3): the multipart upload, its parts, the rows and bytes they hold, the sort key

@@ -30,7 +30,7 @@ SinkFactory = Callable[[ExporterSpec, Context, SinkTarget], Sink]
 # `find_raw_batches` gives them). The runner decodes them, so a replayed source (the
 # benchmark's) goes through the same decoding as the database cursor.
 BatchReader = Callable[[Source, Context], AsyncGenerator[bytes]]
-# Awaited with each new checkpoint of a resumable run (DESIGN §14).
+# Awaited with each new checkpoint of a resumable run (contract §14).
 CheckpointFn = Callable[[Checkpoint], Awaitable[None]]
 # Whether a failure only interrupts the run (it runs again and may resume), so that the upload
 # recorded on the export is left for the next run instead of aborted.

@@ -44,7 +44,7 @@ class Context:
     campaign: Doc
     markets: dict[str, Doc] = field(default_factory=dict)
     lookups: dict[str, Any] = field(default_factory=dict)
-    # A resumed run: the cursor reads only documents whose `_id` is greater (DESIGN §14).
+    # A resumed run: the cursor reads only documents whose `_id` is greater (contract §14).
     resume_after: Any = None
 
     @property

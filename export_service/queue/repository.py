@@ -468,7 +468,7 @@ class ExportRepository:
         )
 
     async def save_checkpoint(self, export_id: str, worker_id: str, checkpoint: Doc) -> bool:
-        """Record where the run stands (DESIGN §14); False when the export is no longer ours."""
+        """Record where the run stands (contract §14); False when the export is no longer ours."""
         result = await self._exports.update_one(
             self._owned(export_id, worker_id), {"$set": {"checkpoint": checkpoint}}
         )
@@ -609,7 +609,7 @@ class ExportRepository:
     ) -> bool:
         """TRIGGERED → PENDING (shutdown or dead worker); keeps its place by `date.created`.
 
-        `keep_uploads`: the upload and checkpoint stay for the next run to resume (DESIGN §14);
+        `keep_uploads`: the upload and checkpoint stay for the next run to resume (contract §14);
         every terminal path (cancel, CCPA, expiry, maxAttempts) still aborts them.
         Never for a run a user cancelled: that one ends with `end_cancelled` instead."""
         update = self._leave_triggered(ExportStatus.PENDING, utcnow(), keep_uploads=keep_uploads)
@@ -692,7 +692,7 @@ class ExportRepository:
         return result.deleted_count
 
     async def delete_pending_resumable(self, items: Sequence[ExportUploads]) -> int:
-        """Delete PENDING exports whose kept uploads (DESIGN §14) the caller aborted: only if
+        """Delete PENDING exports whose kept uploads (contract §14) the caller aborted: only if
         they still hold exactly those (a run in between may have left others)."""
         if not items:
             return 0

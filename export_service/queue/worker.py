@@ -652,7 +652,7 @@ def _log_fields(export: Export) -> dict[str, Any]:
 
 
 def _resumes(export: Export) -> bool:
-    """Whether an interrupted run of this export's type resumes (DESIGN §14)."""
+    """Whether an interrupted run of this export's type resumes (contract §14)."""
     spec = spec_for(export.export_type)
     return spec is not None and resumable(spec)
 

@@ -16,7 +16,7 @@ async def object_keys(storage: Storage, bucket: str) -> list[str]:
 
 async def multipart_uploads(storage: Storage, bucket: str) -> list[dict[str, Any]]:
     answer = await storage.client.list_multipart_uploads(Bucket=bucket)
-    return list(answer.get("Uploads") or [])
+    return [dict(u) for u in answer.get("Uploads") or []]
 
 
 async def download(storage: Storage, bucket: str, key: str) -> bytes:
