@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from rehashes import PySha256
 
@@ -83,7 +83,7 @@ class Storage:
     async def open(
         cls, settings: Settings, endpoint_url: str | None, credentials: tuple[str, str] | None
     ) -> AsyncIterator[Storage]:
-        config = Config(
+        config = AioConfig(
             region_name=settings.s3_region,
             signature_version="s3v4",
             retries={"max_attempts": settings.s3_max_attempts, "mode": "standard"},
@@ -96,14 +96,16 @@ class Storage:
             request_checksum_calculation="when_required",
         )
         # aiobotocore directly: aioboto3's resource layer and extras were never used.
-        keys = (
-            {"aws_access_key_id": credentials[0], "aws_secret_access_key": credentials[1]}
-            if credentials
-            else {}
-        )
+        key_id, secret = credentials if credentials else (None, None)
         async with AsyncExitStack() as stack:
-            client: S3Client = await stack.enter_async_context(
-                get_session().create_client("s3", endpoint_url=endpoint_url, config=config, **keys)
+            client = await stack.enter_async_context(
+                get_session().create_client(
+                    "s3",
+                    endpoint_url=endpoint_url,
+                    config=config,
+                    aws_access_key_id=key_id,
+                    aws_secret_access_key=secret,
+                )
             )
             yield cls(client, settings)
 
