@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import bson
+import pytest
 from pymongo import monitoring
 
 from export_service.db import connect
 from export_service.models import Export, ExportStatus, ExportType
 from export_service.queue.worker import Worker
 from export_service.runtime import Services
+from tests.support.app import make_settings
 from tests.support.data import queue_exports, seed_big_entries
+from tests.support.gates import until
 from tests.support.s3 import multipart_uploads, object_sha256
+from tests.support.workers import WorkerProcess
 
 # 50 rows (one test batch) of ~110 kB each: every batch ships one part of ~5.5 MB.
 ROWS = 250
@@ -151,3 +156,50 @@ async def test_cancel_of_requeued_export_aborts_the_kept_upload(services: Servic
     assert await multipart_uploads(services.storage, services.settings.bucket_exports) == []
     doc = await services.db["exports"].find_one({"_id": requeued.id})
     assert doc is not None and "checkpoint" not in doc and "uploads" not in doc
+
+
+@pytest.mark.parametrize("parts", [1, 2])
+async def test_sigkilled_worker_resumes_byte_identical(
+    mongo_uri: str, s3_endpoint: str, tmp_path: Path, parts: int
+) -> None:
+    settings = make_settings(
+        mongo_uri, s3_endpoint, heartbeat_interval_millis=100, heartbeat_timeout_millis=600
+    )
+    async with Services.open(settings, create_buckets=True) as services:
+        proc: WorkerProcess | None = None
+        try:
+            await seed_big_entries(services, n=ROWS)
+            (export,) = await queue_exports(services, 1, ExportType.ENTRIES)
+            proc = WorkerProcess(settings, tmp_path, "worker")
+
+            async def checkpointed() -> bool:
+                doc = await services.db["exports"].find_one({"_id": export.id})
+                return len(((doc or {}).get("checkpoint") or {}).get("parts") or []) >= parts
+
+            await until(f"{parts} checkpointed parts", checkpointed, timeout=60)
+            proc.kill()  # SIGKILL: nothing of the worker runs after this
+            killed = await services.repository.get(export.id)
+            assert killed is not None and killed.status is ExportStatus.TRIGGERED
+            assert killed.checkpoint is not None
+            rows_at_kill = killed.checkpoint["rows"]
+
+            async def stale() -> bool:
+                return bool(await services.worker.sweep())
+
+            await until("the dead worker's export re-queued", stale)
+            (done,) = await services.worker.drain()
+            assert done.id == export.id and done.status is ExportStatus.FINISHED
+            assert done.attempts == 2 and done.resumed_from is not None
+            assert done.resumed_from >= rows_at_kill >= 50 * parts
+            (file,) = done.files
+            expected = (await reference(services, ExportType.ENTRIES)).files[0]
+            assert (file.sha256, file.bytes, file.rows) == (expected.sha256, expected.bytes, ROWS)
+            assert await object_sha256(services.storage, file.bucket, file.key) == (
+                expected.sha256,
+                expected.bytes,
+            )
+            assert await multipart_uploads(services.storage, settings.bucket_exports) == []
+        finally:
+            if proc is not None:
+                proc.stop()
+            await services.client.drop_database(settings.mongo_db)
