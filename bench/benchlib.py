@@ -8,19 +8,18 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from export_service.embedded import (
+from export_service.dev.embedded import (
+    SecantusServer,
     free_port,
-    mongo_command,
+    launch,
     s3_command,
     stop_process,
-    wait_for_port,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,38 +85,35 @@ def _status_mb(pid: str, field: str) -> float:
 
 
 @contextlib.contextmanager
-def server(command: list[str], port: int, what: str) -> Iterator[None]:
-    """A server in a process of its own (its memory and CPU are not the benchmark's)."""
-    with tempfile.TemporaryFile() as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+def moto_server() -> Iterator[str]:
+    """moto's S3 (keeps objects in memory) in a process of its own on 127.0.0.1 (its memory and
+    CPU are not the benchmark's); yields its endpoint URL."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="bench-s3-") as logs:
+        process = launch(s3_command(port), port, "moto", Path(logs) / "s3.log")
         try:
-            wait_for_port(port, process, what)
-            yield
+            yield f"http://127.0.0.1:{port}"
         finally:
             stop_process(process)
 
 
 @contextlib.contextmanager
-def moto_server() -> Iterator[str]:
-    """moto's S3 (keeps objects in memory) on 127.0.0.1; yields its endpoint URL."""
-    port = free_port()
-    with server(s3_command(port), port, "moto"):
-        yield f"http://127.0.0.1:{port}"
-
-
-@contextlib.contextmanager
 def secantus_server(data_dir: Path | None = None) -> Iterator[str]:
-    """SecantusDB (the embedded MongoDB-wire server) on 127.0.0.1; yields its URI.
+    """SecantusDB (the embedded MongoDB-wire server) in a process of its own on 127.0.0.1;
+    yields its URI.
 
     Its data lives in `data_dir` when given (kept, so a seeded database can be reused), else
     in a temporary directory.
     """
-    port = free_port()
     with contextlib.ExitStack() as stack:
         if data_dir is None:
             data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-db-")))
-        with server(mongo_command(port, data_dir / "data"), port, "SecantusDB"):
-            yield f"mongodb://127.0.0.1:{port}/?directConnection=true"
+        server = SecantusServer(data_dir)
+        server.start()
+        try:
+            yield server.uri
+        finally:
+            server.stop()
 
 
 def s3_settings(endpoint: str) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """End-to-end benchmark on the embedded servers: raw cursor drain vs the export through the worker.
 
 SecantusDB (the embedded MongoDB-wire server) and moto's S3 each run as a process of their own.
-One campaign of `--entries` entries is seeded with `export_service.seed.seed`. Then, per export
+One campaign of `--entries` entries is seeded with `export_service.dev.seed.seed`. Then, per export
 type:
 
 * export: one export through the worker (`worker.process()`: sweep, claim, count, rows, CSV or
@@ -46,12 +46,12 @@ from bench.benchlib import (
 )
 from bench.pipeline import project
 from export_service import db as dbmod
+from export_service.dev.seed import SeedPlan, generate, seed
 from export_service.exporters import EXPORTERS
 from export_service.exporters.runner import load_markets, read_cursor
 from export_service.exporters.spec import Context
 from export_service.models import Export, ExportStatus, ExportType
 from export_service.runtime import Services
-from export_service.seed import SeedPlan, generate, seed
 from export_service.settings import Settings
 
 CAMPAIGN = "bench-campaign"

@@ -40,9 +40,9 @@ from bench.benchlib import (
     table,
     write_results,
 )
+from export_service.dev.seed import SeedPlan, seed
 from export_service.models import ExportType
 from export_service.runtime import Services
-from export_service.seed import SeedPlan, seed
 from export_service.settings import Settings
 
 TYPES = (

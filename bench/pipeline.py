@@ -1,7 +1,7 @@
 """Exporter pipeline benchmark: the `entries` export with no database in the loop.
 
 A recorded source replays realistic BSON batches from memory as fast as the exporter asks:
-entries made by `export_service.seed.generate`, projected the way the `entries` query projects
+entries made by `export_service.dev.seed.generate`, projected the way the `entries` query projects
 them and BSON-encoded once, in batches of `batch_size`. Everything after the cursor is the real
 thing: the runner (`run_export`, with the recording as its batch reader) hands each raw batch
 to its encoders, which decode it, build the rows and CSV-encode them, and streams the CSV to a
@@ -60,13 +60,13 @@ from bench.benchlib import (
     table,
     write_results,
 )
+from export_service.dev.seed import SeedPlan, generate
 from export_service.encoding.formatting import cell, date, text, upper
 from export_service.encoding.processes import EncoderProcesses, default_processes
 from export_service.exporters.entries import ENTRIES, entry_columns
 from export_service.exporters.runner import run_export
 from export_service.exporters.spec import Context, Source
 from export_service.models import Export, ExportStatus, ExportType
-from export_service.seed import SeedPlan, generate
 from export_service.settings import Settings
 from export_service.storage import Storage
 

@@ -1,6 +1,6 @@
 """How far off the queue ETA (contract §9) is: predicted start vs. actual start.
 
-One campaign of `--entries` entries (`export_service.seed`) on the embedded servers. First
+One campaign of `--entries` entries (`export_service.dev.seed`) on the embedded servers. First
 `--warmup` runs of each type build the history the estimate reads. Then `--queued` exports of
 those types (cycling) are queued at once, each answer's `queue.etaSeconds` noted, and the
 worker runs them in this process; the error is `date.triggered - date.created - etaSeconds`.
@@ -23,9 +23,9 @@ from bench.benchlib import (
     secantus_server,
     write_results,
 )
+from export_service.dev.seed import SeedPlan, seed
 from export_service.models import ExportType
 from export_service.runtime import Services
-from export_service.seed import SeedPlan, seed
 from export_service.settings import Settings
 
 CAMPAIGN = "eta-campaign"

@@ -55,11 +55,11 @@ from export_service import logs
 from export_service.app.auth import mint
 from export_service.app.factory import create_app
 from export_service.app.routes import SERVICES
-from export_service.embedded import free_port, stop_process, wait_for_port
+from export_service.dev.embedded import free_port, stop_process, wait_for_port
+from export_service.dev.seed import SeedPlan, seed
 from export_service.models import ExportStatus, ExportType, utcnow
 from export_service.queue.repository import ExportRepository
 from export_service.runtime import Services
-from export_service.seed import SeedPlan, seed
 from export_service.settings import Settings
 
 CAMPAIGN = "queue-campaign"

@@ -1,4 +1,4 @@
-"""Time `export_service.seed.generate()` for 200,000 entries (no database involved).
+"""Time `export_service.dev.seed.generate()` for 200,000 entries (no database involved).
 
 Run from the repository root: .venv/bin/python -m bench.seed_speed [entries]
 CPU time is reported next to wall time because other work on a shared machine inflates the
@@ -11,7 +11,7 @@ import argparse
 import time
 from collections import Counter
 
-from export_service.seed import SeedPlan, generate
+from export_service.dev.seed import SeedPlan, generate
 
 
 def main() -> None:

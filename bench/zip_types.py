@@ -17,9 +17,9 @@ import time
 
 from bench.benchlib import moto_server, s3_settings, secantus_server
 from export_service import logs
+from export_service.dev.seed import SeedPlan, seed
 from export_service.models import ExportType
 from export_service.runtime import Services
-from export_service.seed import SeedPlan, seed
 from export_service.settings import Settings
 
 TYPES = (

@@ -18,7 +18,7 @@ from export_service import devstate, logs, telemetry
 from export_service.app.auth import mint
 from export_service.app.factory import create_app
 from export_service.client import commands as client_commands
-from export_service.embedded import EmbeddedUnavailable, embedded_servers
+from export_service.dev.embedded import EmbeddedUnavailable, embedded_servers
 from export_service.lost_objects import EMBEDDED_RESTART, purge_exports_with_lost_objects
 from export_service.runtime import Services, dev_jwt_secret
 from export_service.settings import Settings
@@ -83,8 +83,8 @@ async def _worker_main(settings: Settings) -> None:
 
 
 async def _seed(settings: Settings, campaign_id: str, entries: int, seed: int, fresh: bool) -> None:
-    from export_service.seed import SeedPlan
-    from export_service.seed import seed as seed_campaign
+    from export_service.dev.seed import SeedPlan
+    from export_service.dev.seed import seed as seed_campaign
 
     async with Services.open(settings) as services:
         db = services.db

@@ -22,7 +22,7 @@ from export_service.app.routes import SERVICES
 from export_service.runtime import Services
 from export_service.settings import Settings
 from tests.support.app import make_settings
-from tests.support.servers import MongoServer, free_port
+from tests.support.servers import SecantusServer, free_port
 
 SERVER_FIXTURES = frozenset({"mongo_uri", "s3_endpoint"})
 
@@ -36,7 +36,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def mongo_uri() -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="secantus-") as storage:
-        server = MongoServer(Path(storage))
+        server = SecantusServer(Path(storage))
         server.start()
         try:
             yield server.uri

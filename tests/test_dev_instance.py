@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from export_service.embedded import stop_process, wait_for_port
+from export_service.dev.embedded import stop_process, wait_for_port
 from tests.support.servers import free_port
 
 CLI = [sys.executable, "-m", "export_service.cli"]

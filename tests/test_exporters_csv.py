@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from export_service import seed
+from export_service.dev import seed
 from export_service.models import Export, ExportStatus, ExportType
 from export_service.runtime import Services
 from tests.support.data import CAMPAIGN, T0, add_campaign, entry, run_export

@@ -21,13 +21,13 @@ import pytest
 from pymongo import AsyncMongoClient, monitoring
 
 from export_service import db as dbmod
+from export_service.dev.seed import SeedPlan, seed
 from export_service.exporters import EXPORTERS
 from export_service.filters import FILTERABLE_TYPES, request_filters
 from export_service.models import ExportStatus, ExportType, utcnow
 from export_service.queue.repository import ExportRepository
 from export_service.queue.worker import Worker
 from export_service.runtime import s3_credentials, s3_endpoint
-from export_service.seed import SeedPlan, seed
 from export_service.settings import Settings
 from export_service.storage import Storage
 from export_service.webhooks.notifier import Notifier

@@ -31,7 +31,7 @@ from tests.support.data import CAMPAIGN, queue_exports, seed_big_entries
 from tests.support.faults import TcpProxy
 from tests.support.gates import Gate, until
 from tests.support.s3 import multipart_uploads, object_keys, object_sha256
-from tests.support.servers import MongoServer, port_of
+from tests.support.servers import SecantusServer, port_of
 
 Client = TestClient[Any, Any]
 URL = f"/campaigns/{CAMPAIGN}/exports"
@@ -204,8 +204,8 @@ async def test_database_away_past_the_timeout_expires_the_export(
 
 
 @pytest.fixture
-def own_mongo(tmp_path: Path) -> Iterator[MongoServer]:
-    server = MongoServer(tmp_path)
+def own_mongo(tmp_path: Path) -> Iterator[SecantusServer]:
+    server = SecantusServer(tmp_path)
     server.start()
     try:
         yield server
@@ -214,7 +214,7 @@ def own_mongo(tmp_path: Path) -> Iterator[MongoServer]:
 
 
 async def test_database_restarted_mid_export_and_then_idle(
-    own_mongo: MongoServer, s3_endpoint: str
+    own_mongo: SecantusServer, s3_endpoint: str
 ) -> None:
     async with running_service(own_mongo.uri, s3_endpoint) as (client, services):
         await seed_big_entries(services)

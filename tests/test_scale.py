@@ -18,10 +18,10 @@ import pytest
 from pymongo import monitoring
 
 from export_service.ccpa import CcpaDeletion
+from export_service.dev.seed import SeedPlan, seed
 from export_service.exporters import EXPORTERS
 from export_service.models import ExportStatus, ExportType
 from export_service.runtime import Services
-from export_service.seed import SeedPlan, seed
 from export_service.settings import Settings
 from tests.support.app import make_settings
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pymongo.errors import BulkWriteError
 
-from export_service.seed import COLLECTIONS, SeedPlan, generate, seed
+from export_service.dev.seed import COLLECTIONS, SeedPlan, generate, seed
 
 Doc = dict[str, Any]
 Data = dict[str, list[Doc]]

@@ -81,6 +81,46 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 10) -> None:
         process.wait()
 
 
+def launch(
+    command: list[str], port: int, what: str, log_path: Path, timeout: float = 60
+) -> subprocess.Popen[bytes]:
+    """Start a server process (its output appended to `log_path`) and wait until it listens.
+
+    A server that exits or never listens is stopped and raises RuntimeError. `dev`, the tests and
+    the benchmarks all start their servers here."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)  # noqa: S603
+    try:
+        wait_for_port(port, process, what, timeout)
+    except BaseException:
+        stop_process(process)
+        raise
+    return process
+
+
+class SecantusServer:
+    """SecantusDB on 127.0.0.1 with its data and log under `storage`; it can be stopped and
+    started again on the same port and data (a restarted database)."""
+
+    def __init__(self, storage: Path, port: int | None = None) -> None:
+        self.storage = storage
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+
+    def start(self) -> None:
+        command = mongo_command(self.port, self.storage / "data")
+        self.process = launch(command, self.port, "SecantusDB", self.storage / "server.log")
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.process is not None:
+            stop_process(self.process, timeout)
+
+
 class EmbeddedUnavailable(ExportServiceError):
     """The embedded servers cannot run here; the message says what to set instead (one line)."""
 
@@ -148,12 +188,6 @@ def _ours(data: Path, server: _Server) -> bool:
     return True
 
 
-def _start(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)  # noqa: S603
-
-
 def _start_or_reuse(data: Path, server: _Server) -> subprocess.Popen[bytes] | None:
     """The started process, or None when our own server already listens on the port."""
     if port_open(server.port):
@@ -166,11 +200,9 @@ def _start_or_reuse(data: Path, server: _Server) -> subprocess.Popen[bytes] | No
             f"{server.port_setting} to a free port"
         )
     log_path = data / f"{server.name}.log"
-    proc = _start(server.command, log_path)
     try:
-        wait_for_port(server.port, proc, server.what, 60)
+        proc = launch(server.command, server.port, server.what, log_path)
     except RuntimeError as exc:
-        stop_process(proc)
         raise EmbeddedUnavailable(f"{exc}; its log: {log_path.resolve()}") from exc
     _marker(data, server).write_text(json.dumps({"pid": proc.pid, "port": server.port}))
     log.info("embedded_started", server=server.name, port=server.port)
