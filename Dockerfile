@@ -12,6 +12,9 @@
 # needs a real MongoDB (`EXPORT_SERVICE_MONGO_URI`) and S3 (AWS, or `EXPORT_SERVICE_S3_ENDPOINT_URL`).
 # See docs/deploy.md.
 
+# 3.11, the version the test suite runs on. 3.12+ would also be safer against the pymongo wedge
+# (its `asyncio.wait_for` no longer runs the awaited coroutine in a task of its own), but the
+# service does not rely on that: it never cancels a task inside a driver call (queue/worker.py).
 ARG PYTHON_IMAGE=python:3.11-slim
 
 # ---------------------------------------------------------------------------------------------

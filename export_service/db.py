@@ -116,6 +116,9 @@ def connect(
         # and the exporters' reads are retried once across a primary election.
         retryWrites=True,
         retryReads=True,
+        # A wait for a pooled connection is bounded too: no driver call may wait forever (the
+        # worker stops its tasks by letting their calls end, never by cancelling them).
+        waitQueueTimeoutMS=settings.mongo_timeout_ms,
         tz_aware=False,
         appname=settings.mongo_app_name,
         **extra,

@@ -7,8 +7,7 @@ queue gauges are read from MongoDB at scrape time, so every process reports the 
 
 from __future__ import annotations
 
-import asyncio
-
+import pymongo
 import structlog
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -134,7 +133,8 @@ for _type in ExportType:
 
 async def refresh_queue(repository: ExportRepository) -> None:
     """Set the queue gauges from the database (bounded: a scrape must not hang)."""
-    async with asyncio.timeout(2):
+    # The driver's own timeout, not a cancel: see `queue.worker` on cancelling driver calls.
+    with pymongo.timeout(2):
         counts = await repository.counts_by_status()
         oldest = await repository.oldest_pending_created()
     for status in ACTIVE_STATUSES:
@@ -144,7 +144,8 @@ async def refresh_queue(repository: ExportRepository) -> None:
 
 
 async def refresh_webhooks(outbox: Outbox) -> None:
-    async with asyncio.timeout(2):
+    # The driver's own timeout, not a cancel: see `queue.worker` on cancelling driver calls.
+    with pymongo.timeout(2):
         stats = await outbox.stats()
     WEBHOOKS_PENDING.set(stats.pending)
     WEBHOOKS_RETRYING.set(stats.retrying)

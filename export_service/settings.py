@@ -170,6 +170,12 @@ class Settings(BaseSettings):
         le=1_000,
         description="How often a running export checks MongoDB for a cancel request.",
     )
+    liveness_timeout_millis: int = Field(
+        default=60_000,
+        ge=100,
+        description="`/heartbeat` answers 503 when the worker loop (`api`: the MongoDB probe) "
+        "has made no progress for this long, so that a wedged process is restarted.",
+    )
 
     # --- Exports -------------------------------------------------------------------------
     max_rows_per_file: int = Field(default=500_000, ge=1, description="Split point of ZIP parts.")

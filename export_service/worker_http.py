@@ -7,7 +7,6 @@ does not need it (the API's own `/metrics` shows the same registry).
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,39 +14,19 @@ import structlog
 from aiohttp import web
 
 from export_service import metrics
-from export_service.queue.worker import Worker
 from export_service.runtime import Services
 
 log = structlog.get_logger(__name__)
 
 SERVICES = web.AppKey("services", Services)
 
-# An idle loop turns every polling interval; longer than this without a turn (and no export
-# running) means it is wedged, and a restart is the cure.
-MIN_STALL_SECONDS = 30.0
-
-
-def stalled_for(worker: Worker) -> float | None:
-    """Seconds the loop has been stuck, or `None` while it is healthy."""
-    if worker.busy:
-        return None  # a long export is fine: its own heartbeat and timeout watch it
-    limit = max(MIN_STALL_SECONDS, 10 * worker.settings.polling_interval_millis / 1000)
-    quiet = time.monotonic() - worker.last_tick
-    return quiet if quiet > limit else None
-
 
 async def heartbeat(request: web.Request) -> web.Response:
+    """503 once the loop has made no progress for a bound (see `liveness`): restart me."""
     worker = request.app[SERVICES].worker
-    stalled = stalled_for(worker)
-    body: dict[str, object] = {
-        "status": "ok" if stalled is None else "stalled",
-        "workerId": worker.worker_id,
-        "busy": worker.busy,
-        "stopping": worker.stopping,
-    }
-    if stalled is not None:
-        body["stalledSeconds"] = round(stalled, 1)
-    return web.json_response(body, status=200 if stalled is None else 503)
+    body, status = worker.liveness.report()
+    body |= {"workerId": worker.worker_id, "busy": worker.busy, "stopping": worker.stopping}
+    return web.json_response(body, status=status)
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:

@@ -449,7 +449,7 @@ async def test_worker_listener_serves_metrics_and_heartbeat(services: Services) 
             assert "export_service_queue_depth" in text
             assert "export_service_exports_ended_total" in text
         # A loop that has not turned for long (and runs no export) is reported, for a restart.
-        services.worker.last_tick = time.monotonic() - 3600
+        services.worker.liveness.last = time.monotonic() - 3600
         async with http.get(f"{base}/heartbeat") as resp:
             assert resp.status == 503
             assert (await resp.json())["status"] == "stalled"

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import structlog
 from aiohttp import web
+from pymongo.monitoring import CommandListener
 
 from export_service.app.admin_routes import admin_routes
 from export_service.app.auth import Authenticator
@@ -24,6 +24,7 @@ log = structlog.get_logger(__name__)
 
 WORKER_TASK = web.AppKey("worker_task", asyncio.Task[None])
 DISPATCHER_TASK = web.AppKey("dispatcher_task", asyncio.Task[None])
+PROBE_TASK = web.AppKey("probe_task", asyncio.Task[None])
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -39,9 +40,14 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
 
 
 def create_app(
-    settings: Settings, *, run_worker: bool = True, create_buckets: bool | None = None
+    settings: Settings,
+    *,
+    run_worker: bool = True,
+    create_buckets: bool | None = None,
+    listeners: Sequence[CommandListener] = (),
 ) -> web.Application:
-    """`run_worker=False` keeps the worker idle (API-only processes, and tests that drain)."""
+    """`run_worker=False` keeps the worker idle (API-only processes, and tests that drain);
+    `listeners` observe the MongoDB commands sent (tests)."""
     app = web.Application(
         middlewares=[request_context, observe_request, error_middleware],
         client_max_size=settings.max_body_bytes,
@@ -54,20 +60,35 @@ def create_app(
     app[AUTHENTICATOR] = Authenticator(secret=secret, public_key=settings.jwt_public_key)
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
-        async with Services.open(settings, create_buckets=create_buckets) as services:
+        async with Services.open(
+            settings, create_buckets=create_buckets, listeners=listeners
+        ) as services:
             app[SERVICES] = services
+            # Both loops are ended by their events and awaited, never cancelled: either may be
+            # inside a driver call (see `queue.worker`).
+            probe_end = asyncio.Event()
             if run_worker:
                 app[WORKER_TASK] = asyncio.create_task(services.worker.run())
                 app[DISPATCHER_TASK] = asyncio.create_task(services.dispatcher.run())
+            else:
+                # No worker loop here to prove the process alive: a probe does (`liveness`).
+                app[PROBE_TASK] = asyncio.create_task(
+                    services.worker.liveness.probe(
+                        services.client,
+                        interval=settings.polling_interval_millis / 1000,
+                        ping_timeout=settings.mongo_timeout_ms / 1000,
+                        stop=probe_end,
+                    )
+                )
             yield
             if run_worker:
                 services.dispatcher.shutdown()
                 await services.worker.shutdown()
-                task = app[WORKER_TASK]
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await app[WORKER_TASK]
                 await app[DISPATCHER_TASK]
+            else:
+                probe_end.set()
+                await app[PROBE_TASK]
 
     app.cleanup_ctx.append(services_ctx)
     app.add_routes(routes)

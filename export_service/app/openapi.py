@@ -208,8 +208,13 @@ OPERATIONS: tuple[Operation, ...] = (
         "heartbeat",
         "operations",
         "Liveness",
-        "Answers as long as the process serves requests.",
-        (Answer(200, "Alive.", Heartbeat),),
+        "`200` while the worker loop (in `api` mode: a MongoDB probe every polling interval) "
+        "makes progress; a failing MongoDB is progress too (see `/ready`). `503` once it has "
+        "been stuck for `livenessTimeoutMillis`: the process is wedged and should be restarted.",
+        (
+            Answer(200, "Alive.", Heartbeat),
+            Answer(503, "Stuck: restart the process.", Heartbeat),
+        ),
         secured=False,
     ),
     Operation(

@@ -221,7 +221,10 @@ class ErrorBody(BaseModel):
 class Heartbeat(BaseModel):
     model_config = _STRICT
 
-    status: Literal["ok"]
+    status: Literal["ok", "stalled"]
+    stalledSeconds: float | None = Field(
+        default=None, description="How long nothing went through, when `stalled`."
+    )
     time: datetime
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pymongo
 import structlog
 from aiohttp import web
 from pydantic import ValidationError
@@ -264,7 +265,9 @@ async def delete_user_exports(request: web.Request) -> web.Response:
 
 @routes.get("/heartbeat")
 async def heartbeat(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "time": utcnow().isoformat() + "Z"})
+    """Liveness: 503 when the worker loop (`api`: the MongoDB probe) has been stuck too long."""
+    body, status = request.app[SERVICES].worker.liveness.report()
+    return web.json_response(body | {"time": utcnow().isoformat() + "Z"}, status=status)
 
 
 @routes.get("/ready")
@@ -272,7 +275,8 @@ async def ready(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     checks: dict[str, str] = {}
     try:
-        async with asyncio.timeout(2):
+        # The driver's own timeout, not a cancel: see `queue.worker` on cancelling driver calls.
+        with pymongo.timeout(2):
             await services.client.admin.command("ping")
         checks["mongodb"] = "ok"
     except Exception as exc:

@@ -87,9 +87,11 @@ async def _read_ahead(batches: AsyncGenerator[bytes]) -> AsyncGenerator[bytes]:
             await asyncio.sleep(0)  # let the request go out before the CPU-bound work
             yield batch
     finally:
-        pending.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await pending
+        # The batch asked for ahead is a driver call: let it end (it is bounded) rather than
+        # cancel it, which can leave the driver's locks held (see `queue.worker`).
+        await asyncio.wait({pending})
+        if not pending.cancelled():
+            pending.exception()  # retrieved: nobody wants that batch any more
         await batches.aclose()
 
 

@@ -3,6 +3,16 @@
 `process()` is one step (sweep stale exports, claim one, run it to an end); `run()` loops it with
 a wake-up event and the polling interval; `drain()` steps until the queue is empty (tests).
 The worker never touches the driver: persistence goes through `ExportRepository`.
+
+No task is ever cancelled while it may be inside a driver call. On Python < 3.13 pymongo waits
+for servers and connections with `asyncio.wait_for` around a condition of its own; a cancel that
+lands while that wait is being torn down releases the driver's lock without holding it
+("RuntimeError: Lock is not acquired") and leaves it held for good: every later call of the
+process then waits forever. So the heartbeat, the run and the whole export are stopped with
+events: a run stops at its next checkpoint (after a batch, before an upload starts or commits)
+or when its driver call ends, and every driver call is bounded (client timeouts, and
+`pymongo.timeout` for the beats). Only waits outside the driver (a test's batch hook) are cut
+short.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
+import pymongo
 import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -41,6 +52,7 @@ from export_service.exporters.checkpoint import Checkpoint, resumable
 from export_service.exporters.runner import run_export
 from export_service.exporters.spec import Context
 from export_service.exporters.spool import remove_leftover_spools
+from export_service.liveness import Liveness
 from export_service.models import Export, ExportStatus, StoredFile, utcnow
 from export_service.queue.repository import CCPA_OWNER, Beat, ExportRepository, PendingUpload
 from export_service.settings import Settings
@@ -51,6 +63,10 @@ from export_service.webhooks.outbox import Outbox
 log = structlog.get_logger(__name__)
 
 BatchHook = Callable[[Export, int], Awaitable[None]]
+
+
+class RunStopped(Exception):
+    """Raised inside a run at its next checkpoint once the worker has asked it to stop."""
 
 
 def new_worker_id() -> str:
@@ -83,7 +99,8 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._current: asyncio.Task[Export | None] | None = None
-        self._aborting = False
+        # Set by `shutdown()` past its grace: the running export is stopped and re-queued.
+        self._abort = asyncio.Event()
         # Awaited after every batch with the rows done so far; tests use it to hold an export
         # mid-run without sleeping, and to observe progress.
         self.batch_hook: BatchHook | None = None
@@ -92,8 +109,8 @@ class Worker:
         # or at once by `cancel_requested` (this process's API).
         self._cancels: dict[str, asyncio.Event] = {}
         self._claimed: list[asyncio.Queue[Export]] = []
-        # Monotonic time of the loop's last turn: the worker's liveness probe reads it.
-        self.last_tick = time.monotonic()
+        # Ticked by every turn of the loop and every beat of a running export: `/heartbeat`.
+        self.liveness = Liveness(settings.liveness_timeout_millis / 1000)
 
     # ---- control ------------------------------------------------------------------------
 
@@ -142,7 +159,7 @@ class Worker:
             except EncoderStartFailed as exc:
                 log.warning("encoder_start_failed", error=f"{type(exc).__name__}: {exc}")
         while not self._stopping.is_set():
-            self.last_tick = time.monotonic()
+            self.liveness.tick()
             # Cleared before the step, not after: a notify() that arrives while the step runs
             # (an export created just after its claim found nothing) must not be lost.
             self._wake.clear()
@@ -154,6 +171,7 @@ class Worker:
                 # while the process (and, under `serve`, its API) looks alive.
                 log.warning("worker_step_failed", error=f"{type(exc).__name__}: {exc}")
                 ran = None
+            self.liveness.tick()
             if ran is not None:
                 continue
             with contextlib.suppress(TimeoutError):
@@ -169,7 +187,11 @@ class Worker:
         return done
 
     async def shutdown(self, grace: float | None = None) -> None:
-        """Stop claiming; give the running export `grace` seconds, then abort and re-queue it."""
+        """Stop claiming; give the running export `grace` seconds, then abort and re-queue it.
+
+        The abort is an event the export's supervisor waits on, not a cancel: the export may
+        be recording its outcome (a driver call) at that moment.
+        """
         self._stopping.set()
         self._wake.set()
         current = self._current
@@ -178,10 +200,8 @@ class Worker:
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         done, _ = await asyncio.wait({current}, timeout=grace)
         if not done:
-            self._aborting = True
-            current.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await current
+            self._abort.set()
+            await asyncio.wait({current})
 
     # ---- one step -----------------------------------------------------------------------
 
@@ -319,15 +339,19 @@ class Worker:
         cancel = self._cancels[export.id] = asyncio.Event()
         if export.cancel_requested:
             cancel.set()
-        heartbeat = asyncio.create_task(self._heartbeat(export, progress, lost, cancel))
-        run = asyncio.create_task(self._produce(export, progress, lost))
+        halt = asyncio.Event()  # the run: stop at your next checkpoint
+        beats_end = asyncio.Event()
+        heartbeat = asyncio.create_task(
+            self._heartbeat(export, progress, lost, cancel, halt, beats_end)
+        )
+        run = asyncio.create_task(self._produce(export, progress, lost, halt))
         try:
-            outcome = await self._supervise(export, run, lost, cancel, started)
+            outcome = await self._supervise(export, run, halt, lost, cancel, started)
         finally:
             self._cancels.pop(export.id, None)
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            # The beat in flight, if any, ends within its own bound.
+            beats_end.set()
+            await asyncio.wait({heartbeat})
         status = _OUTCOME_STATUS.get(outcome)
         if status is not None:
             metrics.EXPORT_DURATION.labels(export.export_type.value, status.value).observe(
@@ -358,6 +382,7 @@ class Worker:
         self,
         export: Export,
         run: asyncio.Task[tuple[list[StoredFile], int]],
+        halt: asyncio.Event,
         lost: asyncio.Event,
         cancel: asyncio.Event,
         started: float,
@@ -377,31 +402,27 @@ class Worker:
         remaining = max(0.0, (triggered + deadline - utcnow()).total_seconds())
         lost_wait = asyncio.create_task(lost.wait())
         cancel_wait = asyncio.create_task(cancel.wait())
+        abort_wait = asyncio.create_task(self._abort.wait())
         try:
             done, _ = await asyncio.wait(
-                {run, lost_wait, cancel_wait},
+                {run, lost_wait, cancel_wait, abort_wait},
                 timeout=remaining,
                 return_when=asyncio.FIRST_COMPLETED,
             )
         except asyncio.CancelledError:
-            # Shutdown past its grace (or the process is going away): abort and re-queue.
-            await _cancel(run)
-            if await self.repository.requeue(
-                export.id, self.worker_id, keep_uploads=_resumes(export)
-            ):
-                log.warning("export_requeued", reason="shutdown", duration_s=seconds())
-                outcome = "requeued"
-            else:
-                # Not re-queued: a user cancelled it meanwhile, and a cancel is carried out.
-                outcome = await self._end_cancelled(export, seconds())
-            if self._aborting:
-                return outcome
+            # The process is going away (its loop was cancelled): stop and re-queue.
+            await _stop(run, halt)
+            await self._give_back(export, seconds())
             raise
         finally:
             lost_wait.cancel()
             cancel_wait.cancel()
+            abort_wait.cancel()
         if run not in done:
-            await _cancel(run)
+            await _stop(run, halt)
+            if self._abort.is_set():
+                # Shutdown past its grace: the export is fine, another worker runs it.
+                return await self._give_back(export, seconds())
             if lost.is_set():
                 log.warning("export_lost", stage="run", duration_s=seconds())
                 return "lost"
@@ -473,6 +494,13 @@ class Worker:
         )
         return "finished"
 
+    async def _give_back(self, export: Export, duration_s: float) -> str:
+        """Re-queue a run stopped by shutdown; a cancel requested meanwhile is carried out."""
+        if await self.repository.requeue(export.id, self.worker_id, keep_uploads=_resumes(export)):
+            log.warning("export_requeued", reason="shutdown", duration_s=duration_s)
+            return "requeued"
+        return await self._end_cancelled(export, duration_s)
+
     async def _end_cancelled(self, export: Export, duration_s: float) -> str:
         """Carry out a cancel once the run has stopped: remove every object it started or
         completed (its recorded uploads), then end the export FAILED Cancelled."""
@@ -519,8 +547,16 @@ class Worker:
         return resumed
 
     async def _produce(
-        self, export: Export, progress: dict[str, int], lost: asyncio.Event
+        self,
+        export: Export,
+        progress: dict[str, int],
+        lost: asyncio.Event,
+        halt: asyncio.Event,
     ) -> tuple[list[StoredFile], int]:
+        def checkpoint() -> None:
+            if halt.is_set():
+                raise RunStopped()
+
         spec = spec_for(export.export_type)
         if spec is None:
             raise ExportFailed(f"export type {export.export_type.value} is not available")
@@ -543,28 +579,36 @@ class Worker:
         def interrupted(exc: BaseException) -> bool:
             # The run stops but the export goes on (re-queued, or taken over by whoever
             # fenced us off): its recorded upload is the next run's to resume or abort.
-            if isinstance(exc, asyncio.CancelledError):
-                return self._aborting or lost.is_set()
+            if halt.is_set() or isinstance(exc, asyncio.CancelledError):
+                # Stopped by us: kept for a resume after a shutdown or a loss, not after a
+                # cancel or the deadline.
+                return self._abort.is_set() or lost.is_set()
             return isinstance(exc, ConnectionFailure | EncoderLost | ExportLost)
 
         async def on_total(total: int) -> None:
+            checkpoint()
             if not await self.repository.set_total(export.id, self.worker_id, total):
                 raise ExportLost()
 
         async def on_progress(rows: int) -> None:
             progress["rows"] = rows
+            checkpoint()
             if self.batch_hook is not None:
-                await self.batch_hook(export, rows)
+                await _unless(halt, self.batch_hook(export, rows))
+            checkpoint()
 
         def open_writer(bucket: str, key: str, acl: str | None, content_type: str) -> ObjectWriter:
             async def on_start(upload_id: str | None) -> None:
                 upload = PendingUpload(bucket, key, upload_id)
+                # Recorded even when stopping: the upload exists and must be cleaned up.
                 if not await self.repository.add_upload(export.id, self.worker_id, upload):
                     raise ExportLost()
 
             async def still_ours() -> None:
-                # Another run of this export (after a sweep judged us dead) writes the same
-                # key: never make our object visible over its. Nor one a user cancelled.
+                # A stopped run never makes its object visible. Nor when another run of this
+                # export (after a sweep judged us dead) writes the same key over ours, nor one
+                # a user cancelled.
+                checkpoint()
                 beat = await self.repository.heartbeat(export.id, self.worker_id)
                 if beat is Beat.LOST:
                     raise ExportLost()
@@ -593,8 +637,15 @@ class Worker:
         )
 
     async def _heartbeat(
-        self, export: Export, progress: dict[str, int], lost: asyncio.Event, cancel: asyncio.Event
+        self,
+        export: Export,
+        progress: dict[str, int],
+        lost: asyncio.Event,
+        cancel: asyncio.Event,
+        halt: asyncio.Event,
+        end: asyncio.Event,
     ) -> None:
+        """Beat until `end` is set; the beat in flight then ends within its own bound."""
         # The beat also carries `progress.processed`: at least every progress interval, so that
         # clients polling the export see it advance; and it reads a cancel request (from any
         # process's API) at least every cancel-check interval, so a cancel takes effect in
@@ -607,20 +658,27 @@ class Worker:
             )
             / 1000
         )
-        this = asyncio.current_task()
-        while True:
-            await asyncio.sleep(interval)
+        # A beat that cannot land in half the time others wait before judging us dead is as
+        # good as missed; the bound also lets `end` take effect soon on a dead server.
+        bound = self.settings.heartbeat_timeout_millis / 2000
+        while not end.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await end.wait()
+            if end.is_set():
+                return
             try:
-                beat = await self.repository.heartbeat(export.id, self.worker_id, progress["rows"])
+                with pymongo.timeout(bound):
+                    beat = await self.repository.heartbeat(
+                        export.id, self.worker_id, progress["rows"]
+                    )
             except PyMongoError as exc:
                 # A missed beat is not fatal; the sweep only acts after heartbeat_timeout.
                 log.warning("heartbeat_failed", error=str(exc))
                 beat = Beat.OURS
-            if this is not None and this.cancelling():
-                # Cancelled while the driver waited for a server: Python 3.11's wait_for (used
-                # inside pymongo) can swallow the CancelledError, and this loop would then beat
-                # on forever, and the run that awaits it never end.
-                raise asyncio.CancelledError
+            if not halt.is_set():
+                # A run asked to stop that never does is a wedge: let `/heartbeat` see it.
+                self.liveness.tick()
             if beat is Beat.CANCEL:
                 cancel.set()
             if beat is Beat.LOST:
@@ -661,7 +719,26 @@ def uploads_of(doc: dict[str, Any]) -> list[PendingUpload]:
     return [PendingUpload.from_doc(u) for u in doc.get("uploads") or []]
 
 
-async def _cancel(task: asyncio.Task[Any]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
+async def _stop(run: asyncio.Task[Any], halt: asyncio.Event) -> None:
+    """Ask the run to stop and wait until it has: at its next checkpoint, or when the driver or
+    S3 call it is in ends (each is bounded). Never `cancel()`: see the module docstring."""
+    halt.set()
+    await asyncio.wait({run})
+    if not run.cancelled():
+        run.exception()  # retrieved: its outcome no longer matters
+
+
+async def _unless(halt: asyncio.Event, work: Awaitable[None]) -> None:
+    """Await `work` (not a driver call) unless `halt` is set first, which cuts it short."""
+    task = asyncio.ensure_future(work)
+    halted = asyncio.create_task(halt.wait())
+    try:
+        await asyncio.wait({task, halted}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        halted.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise RunStopped()
+    task.result()
