@@ -9,8 +9,10 @@ aborted export never leaves a half-written object behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,9 +31,35 @@ from export_service.settings import Settings
 
 log = structlog.get_logger(__name__)
 
+# Set by the worker inside a run: once set, the run's S3 writes in flight are cut short, so a
+# cancelled or expired run stops within moments even when S3 holds a request. (S3 calls may be
+# cancelled, unlike driver calls: see `queue.worker`.) Clean-up calls are never cut short.
+RUN_HALTED: ContextVar[asyncio.Event | None] = ContextVar("run_halted", default=None)
+_WRITES = frozenset(
+    {"create_multipart_upload", "upload_part", "put_object", "complete_multipart_upload"}
+)
+
 # Errors worth one more attempt of our own after botocore's retries gave up: a stalled call
 # (our timeout) or a connection dropped at a moment botocore does not retry.
 _TRANSIENT = (TimeoutError, BotoCoreError)
+
+
+async def _unless_halted(halt: asyncio.Event, operation: str, call: Awaitable[Any]) -> Any:
+    if halt.is_set():
+        raise StorageError(f"S3 {operation} not sent: the run is stopping", operation=operation)
+    task = asyncio.ensure_future(call)
+    halted = asyncio.create_task(halt.wait())
+    try:
+        await asyncio.wait({task, halted}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        halted.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+    if task.cancelled():
+        raise StorageError(f"S3 {operation} cut short: the run is stopping", operation=operation)
+    return task.result()
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,11 +144,14 @@ class Storage:
     async def call(self, operation: str, **params: Any) -> Any:
         """One S3 operation, bounded in time, retried once more on a transient failure."""
         method: Callable[..., Awaitable[Any]] = getattr(self._s3, operation)
+        halt = RUN_HALTED.get() if operation in _WRITES else None
         attempts = 2
         for attempt in range(1, attempts + 1):
             try:
                 async with asyncio.timeout(self._settings.s3_call_timeout_seconds):
-                    return await method(**params)
+                    if halt is None:
+                        return await method(**params)
+                    return await _unless_halted(halt, operation, method(**params))
             except _TRANSIENT as exc:
                 if attempt == attempts:
                     raise StorageError(

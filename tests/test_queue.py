@@ -102,7 +102,9 @@ async def test_max_concurrent_exports_allows_more(mongo_uri: str, s3_endpoint: s
 async def test_timeout_expires_export_and_leaves_no_object(
     mongo_uri: str, s3_endpoint: str
 ) -> None:
-    settings = make_settings(mongo_uri, s3_endpoint, timeout_millis=1500)
+    # Long enough for the first batch (encoder processes start with it) and the hook's S3 look
+    # on a loaded machine: the deadline must fall while the hook waits, not during its look.
+    settings = make_settings(mongo_uri, s3_endpoint, timeout_millis=4000)
     async with Services.open(settings, create_buckets=True) as services:
         try:
             await seed_big_entries(services)

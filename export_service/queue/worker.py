@@ -56,7 +56,7 @@ from export_service.liveness import Liveness
 from export_service.models import Export, ExportStatus, StoredFile, utcnow
 from export_service.queue.repository import CCPA_OWNER, Beat, ExportRepository, PendingUpload
 from export_service.settings import Settings
-from export_service.storage import ObjectWriter, Storage
+from export_service.storage import RUN_HALTED, ObjectWriter, Storage
 from export_service.webhooks.notifier import Notifier
 from export_service.webhooks.outbox import Outbox
 
@@ -556,6 +556,9 @@ class Worker:
         def checkpoint() -> None:
             if halt.is_set():
                 raise RunStopped()
+
+        # This task's context (and its part uploads'): S3 writes end as soon as `halt` is set.
+        RUN_HALTED.set(halt)
 
         spec = spec_for(export.export_type)
         if spec is None:
