@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
+import functools
 import random
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -31,15 +28,15 @@ from pymongo import monitoring
 
 from export_service.app.factory import WORKER_TASK, create_app
 from export_service.app.routes import SERVICES
-from export_service.embedded import wait_for_port
 from export_service.models import ExportStatus, ExportType, utcnow
 from export_service.runtime import Services
-from tests.conftest import auth, free_port, make_settings
-from tests.data import CAMPAIGN, add_campaign, entry, queue_exports
-from tests.faults import TcpProxy
-from tests.reliability import multipart_uploads, object_keys, until
-from tests.test_queue import Gate, seed_big_entries
-from tests.test_reliability_mongo import FAST, mongo_port
+from tests.support.app import auth, make_settings
+from tests.support.data import CAMPAIGN, add_campaign, entry, queue_exports, seed_big_entries
+from tests.support.faults import TcpProxy
+from tests.support.gates import Gate, until
+from tests.support.s3 import multipart_uploads, object_keys
+from tests.support.servers import ForkedMongo, port_of
+from tests.test_reliability_mongo import FAST
 
 Client = TestClient[Any, Any]
 
@@ -82,7 +79,7 @@ async def test_run_stopped_while_its_call_is_held_lets_the_call_end(
     and the worker goes on to run the next export."""
     calls = DriverCalls()
     timeout_millis = 3000
-    async with await TcpProxy.start("127.0.0.1", mongo_port(mongo_uri)) as proxy:
+    async with await TcpProxy.start("127.0.0.1", port_of(mongo_uri)) as proxy:
         # The driver's monitor would notice the stall after connectTimeoutMS (mongo_timeout_ms)
         # and interrupt the calls itself: keep that longer than the stall.
         settings = make_settings(
@@ -164,7 +161,7 @@ async def heartbeat_status(client: Client) -> int:
 async def test_heartbeat_fails_while_nothing_gets_through_and_recovers(
     mongo_uri: str, s3_endpoint: str, run_worker: bool, overrides: dict[str, Any]
 ) -> None:
-    port = mongo_port(mongo_uri)
+    port = port_of(mongo_uri)
     async with (
         await TcpProxy.start("127.0.0.1", port) as proxy,
         app_over(
@@ -187,62 +184,6 @@ async def _heartbeat_is(client: Client, status: int) -> bool:
 # --------------------------------------------------------------------------------------------
 # MongoDB SIGKILLed and restarted, again and again, under a running service
 # --------------------------------------------------------------------------------------------
-
-LAUNCHER = """
-import os, sys
-import secantus.cli
-# Imported once (about 1.3 s of numpy and shapely); each start is then a fork.
-child = None
-for line in sys.stdin:
-    if child is not None:
-        os.waitpid(child, 0)  # SIGKILLed by the test: gone before its port is reused
-    child = os.fork()
-    if child == 0:
-        sys.stdin.close()
-        os._exit(secantus.cli.main(sys.argv[1:]))
-    print(child, flush=True)
-"""
-
-
-class ForkedMongo:
-    """A SecantusDB whose restarts take a fork, not a fresh interpreter: a process that has
-    imported the server forks one real server process per start. `kill()` SIGKILLs that
-    server process; the data directory and the port stay."""
-
-    def __init__(self, storage: Path) -> None:
-        self.port = free_port()
-        self.pid: int | None = None
-        self.launcher = subprocess.Popen(
-            [sys.executable, "-c", LAUNCHER, "--host", "127.0.0.1", "--port", str(self.port),
-             "--storage-path", str(storage / "data"), "--log-level", "ERROR",
-             # Without it SecantusDB loses every write since its start on SIGKILL (its
-             # journal is not flushed); MongoDB's journal keeps them.
-             "--sync-on-commit"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=os.environ | {"OPENBLAS_NUM_THREADS": "1"},
-        )  # fmt: skip
-
-    @property
-    def uri(self) -> str:
-        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
-
-    def start(self) -> None:
-        assert self.launcher.stdin is not None and self.launcher.stdout is not None
-        self.launcher.stdin.write(b"start\n")
-        self.launcher.stdin.flush()
-        self.pid = int(self.launcher.stdout.readline())
-        wait_for_port(self.port, self.launcher, "SecantusDB", 30)
-
-    def kill(self) -> None:
-        if self.pid is not None:
-            os.kill(self.pid, signal.SIGKILL)
-            self.pid = None
-
-    def close(self) -> None:
-        self.kill()
-        self.launcher.kill()
-        self.launcher.wait(10)
 
 
 @pytest.fixture
@@ -341,11 +282,8 @@ async def test_mongodb_killed_and_restarted_50_times_the_service_recovers_every_
                     await until("MongoDB to be back", lambda: _is_ready(client))
                     export_id = await request_entries(client)
                     assert export_id is not None
-                await until(
-                    f"round {round_}: the export to finish",
-                    lambda export_id=export_id: _finished(client, export_id),
-                    timeout=30,
-                )
+                finished = functools.partial(_finished, client, export_id)
+                await until(f"round {round_}: the export to finish", finished, timeout=30)
                 recoveries.append(time.monotonic() - killed)
                 assert (await client.get("/ready")).status == 200
                 assert await heartbeat_status(client) == 200
