@@ -21,6 +21,7 @@ import structlog
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from multidict import CIMultiDict
 from pymongo import AsyncMongoClient
 
 from export_service import logs
@@ -194,6 +195,21 @@ async def test_every_route_rejects_every_unauthenticated_request(
     assert wrong == {}
     assert len(seen) == 4 * len(UNAUTHENTICATED)
     assert await stored(client) == before  # a rejected request writes nothing
+
+
+async def test_two_authorization_headers_are_refused_on_every_route(
+    client: Client, world: dict[str, str]
+) -> None:
+    """A valid token then garbage (or the reverse): neither wins, 401, nothing written."""
+    before = await stored(client)
+    good = bearer(supreme=True)
+    for pair in ((good, "Bearer garbage"), ("Bearer garbage", good), (good, good)):
+        for method, path, kw in routes(world[CAMPAIGN]):
+            headers = CIMultiDict([("Authorization", pair[0]), ("Authorization", pair[1])])
+            resp = await client.request(method, path, headers=headers, **kw)
+            assert resp.status == 401, (method, path)
+            assert (await resp.json())["error"]["status"] == 401
+    assert await stored(client) == before
 
 
 async def test_campaign_routes_need_report_on_that_campaign(

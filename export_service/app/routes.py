@@ -23,6 +23,7 @@ from export_service.errors import (
     MarketNotFound,
     NotFound,
     PayloadTooLarge,
+    Unauthorized,
     UnsupportedMediaType,
 )
 from export_service.filters import request_filters
@@ -41,7 +42,11 @@ routes = web.RouteTableDef()
 
 
 def _principal(request: web.Request) -> Principal:
-    return request.app[AUTHENTICATOR].authenticate(request.headers.get("Authorization"))
+    headers = request.headers.getall("Authorization", [])
+    if len(headers) > 1:
+        # Which one counts would depend on the proxy in front: none does.
+        raise Unauthorized("Unauthorized: more than one Authorization header")
+    return request.app[AUTHENTICATOR].authenticate(headers[0] if headers else None)
 
 
 def _campaign_id(request: web.Request, principal: Principal) -> str:
