@@ -9,7 +9,6 @@ aborted export never leaves a half-written object behind.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from contextvars import ContextVar
@@ -27,6 +26,7 @@ from export_service import metrics
 if TYPE_CHECKING:
     from types_aiobotocore_s3.client import S3Client
 from export_service.errors import StorageError
+from export_service.halting import Halted, unless_halted
 from export_service.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -47,19 +47,12 @@ _TRANSIENT = (TimeoutError, BotoCoreError)
 async def _unless_halted(halt: asyncio.Event, operation: str, call: Awaitable[Any]) -> Any:
     if halt.is_set():
         raise StorageError(f"S3 {operation} not sent: the run is stopping", operation=operation)
-    task = asyncio.ensure_future(call)
-    halted = asyncio.create_task(halt.wait())
     try:
-        await asyncio.wait({task, halted}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        halted.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-    if task.cancelled():
-        raise StorageError(f"S3 {operation} cut short: the run is stopping", operation=operation)
-    return task.result()
+        return await unless_halted(halt, call)
+    except Halted:
+        raise StorageError(
+            f"S3 {operation} cut short: the run is stopping", operation=operation
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,6 +52,7 @@ from export_service.exporters.checkpoint import Checkpoint, resumable
 from export_service.exporters.runner import run_export
 from export_service.exporters.spec import Context
 from export_service.exporters.spool import remove_leftover_spools
+from export_service.halting import Halted, unless_halted
 from export_service.liveness import Liveness
 from export_service.models import Export, ExportStatus, StoredFile, utcnow
 from export_service.queue.repository import CCPA_OWNER, Beat, ExportRepository, PendingUpload
@@ -733,15 +734,7 @@ async def _stop(run: asyncio.Task[Any], halt: asyncio.Event) -> None:
 
 async def _unless(halt: asyncio.Event, work: Awaitable[None]) -> None:
     """Await `work` (not a driver call) unless `halt` is set first, which cuts it short."""
-    task = asyncio.ensure_future(work)
-    halted = asyncio.create_task(halt.wait())
     try:
-        await asyncio.wait({task, halted}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        halted.cancel()
-    if not task.done():
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        raise RunStopped()
-    task.result()
+        await unless_halted(halt, work)
+    except Halted:
+        raise RunStopped() from None
