@@ -7,8 +7,9 @@
 #   docker run --rm -p 8080:8080 --env-file prod.env export-service:0.1.0 api      # api only
 #   docker run --rm --env-file prod.env export-service:0.1.0 worker                # worker only
 #
-# Only the runtime dependencies are installed (`pip install .`): the `[embedded]` and `[test]`
-# extras (SecantusDB is GPL-2.0, moto, pytest, ...) never enter the image, so the container
+# Only the runtime dependencies are installed (`pip install .`): the `[embedded]`, `[cli]` and
+# `[test]` extras (SecantusDB is GPL-2.0, moto, rich, pytest, ...) never enter the image (the
+# client commands there say in one line to install `export-service[cli]`), so the container
 # needs a real MongoDB (`EXPORT_SERVICE_MONGO_URI`) and S3 (AWS, or `EXPORT_SERVICE_S3_ENDPOINT_URL`).
 # See docs/deploy.md.
 
@@ -41,12 +42,13 @@ COPY pyproject.toml README.md* LICENSE* ./
 COPY export_service ./export_service
 # Check the deps are consistent, drop pip and setuptools from the venv (~25 MB the service never
 # uses), and smoke-test: the console script exists and the installed CLI (-I: not the source in
-# the working directory) imports without pip or any of the dev-only extras.
+# the working directory) imports without pip, rich or any of the dev-only extras.
 RUN pip install --no-cache-dir --no-deps . \
     && pip check \
     && pip uninstall --yes pip setuptools \
     && test -x /opt/venv/bin/export-service \
-    && python -I -c "import export_service.cli"
+    && python -I -c "import sys, export_service.cli; sys.exit('rich' in sys.modules)" \
+    && ! python -I -c "import rich" 2>/dev/null
 
 # ---------------------------------------------------------------------------------------------
 # runtime: slim base + the venv, running as an unprivileged user.

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import os
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -268,3 +270,43 @@ async def test_cancel_command_cancels_and_reports_a_finished_export(
     assert '"Cancelled"' in capsys.readouterr().out
     assert await cli("cancel", "nope", "--campaign", CAMPAIGN) == commands.EXIT_API
     assert "error (HTTP 404): NotFound" in capsys.readouterr().err
+
+
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-I", "-c", code], cwd=ROOT, capture_output=True, text=True,
+        timeout=120, check=False, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+
+
+def test_server_commands_run_without_rich() -> None:
+    # What `serve`, `api` and `worker` load, with rich absent as in the image (no `cli` extra);
+    # None in sys.modules makes `import rich` fail as it does where rich is not installed.
+    # (structlog would use rich for tracebacks when present, and falls back without it.)
+    proc = _python(
+        "import sys\n"
+        "sys.modules['rich'] = None\n"
+        "import export_service.cli, export_service.app.factory, export_service.worker_http\n"
+        "import structlog\n"
+        "from export_service import logs\n"
+        "export_service.cli.build_parser().parse_args(['serve'])\n"
+        "logs.configure('console', 'INFO')\n"
+        "try:\n"
+        "    raise RuntimeError('boom')\n"
+        "except RuntimeError:\n"
+        "    structlog.get_logger().exception('failed')\n"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "RuntimeError: boom" in proc.stdout + proc.stderr
+
+
+def test_client_command_without_rich_says_to_install_the_cli_extra() -> None:
+    proc = _python(
+        "import sys\n"
+        "sys.modules['rich'] = None\n"
+        "from export_service.cli import main\n"
+        "sys.exit(main(['list', '--campaign', 'c', '--url', 'http://127.0.0.1:9', '--token', 't']))\n"
+    )
+    assert proc.returncode == commands.EXIT_API
+    assert proc.stderr == commands.NO_CLI_EXTRA + "\n"
+    assert "pip install 'export-service[cli]'" in proc.stderr

@@ -40,7 +40,7 @@ def test_every_declared_dependency_is_locked_within_its_range_with_hashes() -> N
     extras = project["optional-dependencies"]
     declared = {
         RUNTIME: project["dependencies"],
-        TEST: project["dependencies"] + extras["embedded"] + extras["test"],
+        TEST: project["dependencies"] + extras["embedded"] + extras["cli"] + extras["test"],
     }
     for lock, requirements in declared.items():
         locked = pins(lock)
@@ -55,8 +55,9 @@ def test_every_declared_dependency_is_locked_within_its_range_with_hashes() -> N
         blocks = [b for b in re.split(r"\n(?=[A-Za-z0-9])", lock.read_text()) if PIN.match(b)]
         assert len(blocks) == len(locked)
         assert all("--hash=sha256:" in block for block in blocks), lock.name
-    # The image carries none of the dev-only packages.
-    assert not {"secantusdb", "moto", "pytest", "flask"} & set(pins(RUNTIME))
+    # The image carries none of the dev-only packages, nor the client's renderer (`cli` extra).
+    assert not {"secantusdb", "moto", "pytest", "flask", "rich"} & set(pins(RUNTIME))
+    assert "rich" in pins(TEST)
 
 
 def test_ci_the_scripts_and_the_image_install_the_locks() -> None:
