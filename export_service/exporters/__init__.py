@@ -11,9 +11,6 @@ from export_service.exporters.optins import (
     FANLIST,
     LIVENATION_OPT_IN,
 )
-
-# Imported for its side effect: it registers the ZIP and OBJECTS sinks with the runner.
-from export_service.exporters.partitioned import ZipSink as _ZipSink  # noqa: F401
 from export_service.exporters.promoters import PROMOTER_EMAIL_OPT_IN
 from export_service.exporters.reminders import (
     AUTO_REMINDER_EMAIL,

@@ -32,9 +32,8 @@ from typing import Any, Final
 from stream_zip import ZIP_64, Method, async_stream_zip
 
 from export_service.encoding.formatting import CsvEncoder
-from export_service.exporters.runner import SINKS
 from export_service.exporters.sinks import SinkTarget
-from export_service.exporters.spec import Context, ExporterSpec, FileNameFn, Layout, Row
+from export_service.exporters.spec import Context, ExporterSpec, FileNameFn, Row
 from export_service.exporters.spool import Spool
 from export_service.models import StoredFile, utcnow
 from export_service.storage import ObjectWriter
@@ -362,7 +361,3 @@ class ObjectsSink(PartitionedSink):
                 failure = failure or exc
         if failure is not None:
             raise failure
-
-
-SINKS[Layout.ZIP] = ZipSink
-SINKS[Layout.OBJECTS] = ObjectsSink

@@ -14,7 +14,8 @@ from export_service.encoding.batch import BatchEncoder, EncodedBatch
 from export_service.encoding.processes import EncoderProcesses
 from export_service.errors import NoMarketsFound
 from export_service.exporters.checkpoint import Checkpoint, resumable
-from export_service.exporters.sinks import CsvSink, Sink, SinkTarget
+from export_service.exporters.layouts import SinkFactory, open_sink
+from export_service.exporters.sinks import CsvSink, SinkTarget
 from export_service.exporters.spec import Context, ExporterSpec, Layout, Source
 from export_service.models import StoredFile
 from export_service.storage import ObjectWriter, WriterState
@@ -25,7 +26,6 @@ WriterFactory = Callable[[str, str, str | None, str], ObjectWriter]
 # (rows done so far) → awaited after every batch; the worker reports progress through it.
 ProgressFn = Callable[[int], Awaitable[None]]
 TotalFn = Callable[[int], Awaitable[None]]
-SinkFactory = Callable[[ExporterSpec, Context, SinkTarget], Sink]
 # (source, ctx) → the source's documents in raw BSON batches (concatenated documents, as
 # `find_raw_batches` gives them). The runner decodes them, so a replayed source (the
 # benchmark's) goes through the same decoding as the database cursor.
@@ -40,18 +40,6 @@ InterruptedFn = Callable[[BaseException], bool]
 def object_base_key(ctx: Context) -> str:
     export = ctx.export
     return f"{export.campaign_id}/{export.export_type.value}/{export.id}"
-
-
-def _csv_sink(spec: ExporterSpec, ctx: Context, target: SinkTarget) -> Sink:
-    return CsvSink(target)
-
-
-# Layout → sink; modules with other layouts register theirs here.
-SINKS: dict[Layout, SinkFactory] = {Layout.CSV: _csv_sink}
-
-
-def default_sink(spec: ExporterSpec, ctx: Context, target: SinkTarget) -> Sink:
-    return SINKS[spec.layout](spec, ctx, target)
 
 
 async def read_cursor(source: Source, ctx: Context) -> AsyncGenerator[bytes]:
@@ -145,7 +133,7 @@ async def run_export(
     open_writer: WriterFactory,
     on_total: TotalFn,
     on_progress: ProgressFn,
-    sink_factory: SinkFactory = default_sink,
+    sink_factory: SinkFactory = open_sink,
     read: BatchReader = read_cursor,
     encoders: EncoderProcesses | None = None,
     on_checkpoint: CheckpointFn | None = None,
