@@ -7,6 +7,7 @@ repeated. "Writes nothing" is checked on every collection of the test database, 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,7 @@ from aiohttp.test_utils import TestClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from tests.support.app import app_services, auth, token
-from tests.support.data import CAMPAIGN, add_campaign, snapshot
+from tests.support.data import CAMPAIGN, add_campaign, entry, snapshot
 
 Client = TestClient[Any, Any]
 URL = f"/campaigns/{CAMPAIGN}/exports"
@@ -214,6 +215,43 @@ async def test_bodies_that_are_not_utf8_json_objects_are_400(client: Client) -> 
         assert resp.status == 400, (body[:40], resp)
         resp.error()
     assert await snapshot(db) == before
+
+
+# Bodies whose bytes are not what their Content-Encoding says: plain JSON under gzip or deflate,
+# a zlib header followed by no deflate stream. (A gzip stream cut short is not one: aiohttp hands
+# over the bytes decoded so far, which are then no JSON object, a 400 of its own.)
+MISENCODED = [
+    ("gzip", b'{"exportType":"entries"}'),
+    ("deflate", b'{"exportType":"entries"}'),
+    ("deflate", b"\x78\x9c" + b"\xff" * 40),
+]
+
+
+async def test_a_body_that_does_not_match_its_content_encoding_is_400(client: Client) -> None:
+    db, before = await setup(client)
+    await db["entries"].insert_one(entry("e-fan", "fan-1"))
+    before = await snapshot(db)
+    creator, officer = token([CAMPAIGN]), token(supreme=True)
+    for chunked in (False, True):
+        for encoding, body in MISENCODED:
+            for method, target, bearer in (("POST", URL, creator),
+                                           ("DELETE", "/ccpa/users/fan-1", officer)):  # fmt: skip
+                resp = await raw(
+                    client,
+                    request(method, target, body, bearer=bearer, chunked=chunked,
+                            extra=(f"Content-Encoding: {encoding}",)),
+                )  # fmt: skip
+                assert resp.status == 400, (method, encoding, body[:12], chunked, resp)
+                assert resp.error()["payload"]["code"] == "BadRequest"
+    # Nothing was written: no export, no ccpa_requests audit record, nothing deleted.
+    assert await snapshot(db) == before
+    # A body that matches its encoding is still accepted.
+    resp = await raw(
+        client,
+        request("POST", URL, gzip.compress(b'{"exportType":"entries"}'), bearer=creator,
+                extra=("Content-Encoding: gzip",)),
+    )  # fmt: skip
+    assert resp.status == 202, resp
 
 
 async def test_out_of_range_and_non_numeric_limit_and_offset_are_400(client: Client) -> None:

@@ -47,6 +47,18 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         first = exc.errors(include_url=False, include_input=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
         return error_response(400, f"BadRequest: {where}: {first['msg']}", validation_payload(exc))
+    except web.RequestPayloadError as exc:
+        # The body's bytes are not what its framing or Content-Encoding says (a plain body sent
+        # as gzip): the client's fault, and the request was refused before anything was written.
+        response = error_response(
+            400, f"BadRequest: the request body cannot be read: {exc}", {"code": "BadRequest"}
+        )
+        # The rest of the stream cannot be framed: close the connection after this answer, and
+        # end the body here so that aiohttp does not drain it again after the response (which
+        # logs the same error as an unhandled traceback).
+        response.force_close()
+        request.content.feed_eof()
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

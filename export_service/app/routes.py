@@ -254,6 +254,10 @@ async def delete_user_exports(request: web.Request) -> web.Response:
     user_id = request.match_info["userId"]
     if not valid_id(user_id):
         raise BadRequest("BadRequest: malformed userId")
+    if request.body_exists:
+        # It takes no body; one that is sent is read (bounded by `client_max_size`) so that a
+        # malformed request is refused before anything is deleted or recorded.
+        await request.read()
     services = request.app[SERVICES]
     deletion = CcpaDeletion(services.db, services.storage, services.repository)
     result = await deletion.delete_user(user_id, requested_by=principal.sub)
