@@ -14,6 +14,7 @@ import structlog
 from aiohttp import web
 
 from export_service import metrics
+from export_service.app.observability import observe_request
 from export_service.runtime import Services
 
 log = structlog.get_logger(__name__)
@@ -36,7 +37,9 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 
 def create_worker_app(services: Services) -> web.Application:
-    app = web.Application()
+    # The API's request middleware: its probes and scrapes count in the HTTP histograms (they are
+    # neither traced nor logged there either).
+    app = web.Application(middlewares=[observe_request])
     app[SERVICES] = services
     app.router.add_get("/heartbeat", heartbeat)
     app.router.add_get("/metrics", metrics_endpoint)

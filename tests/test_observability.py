@@ -453,3 +453,73 @@ async def test_worker_listener_serves_metrics_and_heartbeat(services: Services) 
         async with http.get(f"{base}/heartbeat") as resp:
             assert resp.status == 503
             assert (await resp.json())["status"] == "stalled"
+
+
+PROCESS_METRICS = (
+    "process_resident_memory_bytes",
+    "process_virtual_memory_bytes",
+    "process_cpu_seconds_total",
+    "process_open_fds",
+    "process_max_fds",
+    "process_start_time_seconds",
+)
+SEMCONV_HTTP = "http_server_request_duration_seconds"
+
+
+def assert_process_and_http_metrics(before: str, after: str, route: str) -> None:
+    """process_* and GC metrics present; one more GET of `route` in the semconv histogram."""
+    for name in PROCESS_METRICS:
+        assert sample(after, name) > 0, name
+    assert sample(after, "python_gc_collections_total", generation="0") > 0
+    assert "python_info{" in after
+    labels = {"http_request_method": "GET", "http_route": route,
+              "http_response_status_code": "200", "url_scheme": "http"}  # fmt: skip
+    count = f"{SEMCONV_HTTP}_count"
+    assert sample(after, count, **labels) == sample(before, count, **labels) + 1
+    assert sample(after, f"{SEMCONV_HTTP}_bucket", le="10.0", **labels) >= 1
+    assert f"# TYPE {SEMCONV_HTTP} histogram" in after
+
+
+async def test_api_metrics_show_process_metrics_and_the_semconv_http_histogram(
+    client: Client,
+) -> None:
+    before = await scrape(client)
+    assert (await client.get("/heartbeat")).status == 200
+    after = await scrape(client)
+    assert_process_and_http_metrics(before, after, "/heartbeat")
+    # The old name stays beside it during the transition.
+    old = "export_service_http_request_duration_seconds_count"
+    assert sample(after, old, method="GET", route="/heartbeat", status="200") >= 1
+
+
+async def test_worker_metrics_show_process_metrics_and_the_semconv_http_histogram(
+    services: Services,
+) -> None:
+    async with worker_listener(services, "127.0.0.1", 0) as port, ClientSession() as http:
+        base = f"http://127.0.0.1:{port}"
+
+        async def scrape_worker() -> str:
+            async with http.get(f"{base}/metrics") as resp:
+                assert resp.status == 200
+                return await resp.text()
+
+        before = await scrape_worker()
+        async with http.get(f"{base}/heartbeat") as resp:
+            assert resp.status == 200
+        assert_process_and_http_metrics(before, await scrape_worker(), "/heartbeat")
+
+
+def test_semconv_http_histogram_is_named_as_the_conventions_say() -> None:
+    # OpenTelemetry's Prometheus naming: dots to underscores, the unit `s` as `_seconds`.
+    from opentelemetry.semconv.attributes import http_attributes, url_attributes
+    from opentelemetry.semconv.metrics import http_metrics
+
+    def prometheus(name: str) -> str:
+        return name.replace(".", "_")
+
+    histogram = metrics.HTTP_SERVER_REQUEST_DURATION
+    assert histogram._name == prometheus(http_metrics.HTTP_SERVER_REQUEST_DURATION) + "_seconds"
+    assert histogram._labelnames == tuple(
+        prometheus(a) for a in (http_attributes.HTTP_REQUEST_METHOD, http_attributes.HTTP_ROUTE,
+                                http_attributes.HTTP_RESPONSE_STATUS_CODE, url_attributes.URL_SCHEME)
+    )  # fmt: skip

@@ -34,6 +34,16 @@ REQUEST_ID = web.RequestKey("request_id", str)
 UNTRACED_PATHS = frozenset({"/heartbeat", "/ready", "/metrics"})
 
 
+# The semantic conventions' known methods; any other is `_OTHER` (bounded label values).
+KNOWN_METHODS = frozenset(
+    {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"}
+)
+
+
+def semconv_method(method: str) -> str:
+    return method if method in KNOWN_METHODS else "_OTHER"
+
+
 def route_of(request: web.Request) -> str:
     """The route template (`/campaigns/{campaignId}/exports`): bounded cardinality for labels."""
     resource = request.match_info.route.resource
@@ -79,6 +89,9 @@ async def observe_request(request: web.Request, handler: Handler) -> web.StreamR
         finally:
             elapsed = time.perf_counter() - started
             metrics.HTTP_REQUESTS.labels(request.method, route, str(status)).observe(elapsed)
+            metrics.HTTP_SERVER_REQUEST_DURATION.labels(
+                semconv_method(request.method), route, str(status), request.scheme
+            ).observe(elapsed)
             if span is not None:
                 span.set_attribute(http_attributes.HTTP_RESPONSE_STATUS_CODE, status)
                 if status >= 500:
