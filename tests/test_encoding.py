@@ -28,6 +28,7 @@ from export_service.models import ExportStatus, ExportType
 from export_service.runtime import Services
 from tests.support.app import make_settings
 from tests.support.data import CAMPAIGN, add_campaign, entry, run_export
+from tests.support.encoders import kill_children_holding_batches, stop_children
 from tests.support.gates import Gate, until
 from tests.support.s3 import download, multipart_uploads, object_keys
 
@@ -193,18 +194,9 @@ async def test_export_whose_encoder_dies_is_rerun_not_failed(
         )
         first_run = asyncio.create_task(services.worker.drain())
         await asyncio.wait_for(gate.reached.wait(), 20)
-        children = services.encoders.pids
-        for child in children:
-            os.kill(child, signal.SIGSTOP)
+        children = stop_children(services.encoders)
         gate.release.set()
-        encoders = services.encoders
-
-        def batches_held() -> bool:
-            return sum(len(c.waiting) for c in encoders._children) > 0
-
-        await until("a batch sent to the stopped encoders", batches_held)
-        for child in children:
-            os.kill(child, signal.SIGKILL)
+        await kill_children_holding_batches(services.encoders, children)
         with pytest.raises(EncoderLost):
             await first_run
         bucket = settings.bucket_exports

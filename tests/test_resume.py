@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
 import bson
 import pytest
 from pymongo import monitoring
+from pymongo.errors import ConnectionFailure
 
 from export_service.db import connect
-from export_service.models import Export, ExportStatus, ExportType
+from export_service.errors import EncoderLost
+from export_service.models import Export, ExportStatus, ExportType, utcnow
 from export_service.queue.worker import Worker
 from export_service.runtime import Services
 from tests.support.app import make_settings
-from tests.support.data import queue_exports, seed_big_entries
+from tests.support.data import entry, queue_exports, seed_big_entries
+from tests.support.encoders import kill_children_holding_batches, stop_children
+from tests.support.faults import UPLOAD_PART, S3Request, TcpProxy
 from tests.support.gates import until
-from tests.support.s3 import multipart_uploads, object_sha256
+from tests.support.proxied import proxied
+from tests.support.s3 import download, multipart_uploads, object_sha256
+from tests.support.servers import port_of
 from tests.support.workers import WorkerProcess
 
 # 50 rows (one test batch) of ~110 kB each: every batch ships one part of ~5.5 MB.
@@ -53,19 +61,24 @@ class Documents(monitoring.CommandListener):
 
 
 class StopAfterParts:
-    """A batch hook that holds the run once its checkpoint covers `parts` uploaded parts."""
+    """A batch hook that holds the run once its checkpoint covers `parts` uploaded parts, until
+    `release` (once released, it lets every later batch through)."""
 
     def __init__(self, services: Services, parts: int) -> None:
         self.services = services
         self.parts = parts
         self.reached = asyncio.Event()
+        self.release = asyncio.Event()
 
     async def __call__(self, export: Export, rows: int) -> None:
+        if self.reached.is_set():
+            await self.release.wait()
+            return
         doc = await self.services.db["exports"].find_one({"_id": export.id})
         checkpoint = (doc or {}).get("checkpoint") or {}
         if len(checkpoint.get("parts") or []) >= self.parts:
             self.reached.set()
-            await asyncio.Event().wait()
+            await self.release.wait()
 
 
 async def reference(services: Services, export_type: ExportType) -> Export:
@@ -76,6 +89,19 @@ async def reference(services: Services, export_type: ExportType) -> Export:
     assert done.id == export.id and done.status is ExportStatus.FINISHED
     assert done.resumed_from is None
     return done
+
+
+async def assert_as_uninterrupted(services: Services, done: Export, rows: int = ROWS) -> None:
+    """The export's file is the file of an uninterrupted export of the same data, as recorded
+    and as S3 serves it, and no multipart upload is left."""
+    (file,) = done.files
+    expected = (await reference(services, ExportType.ENTRIES)).files[0]
+    assert (file.sha256, file.bytes, file.rows) == (expected.sha256, expected.bytes, rows)
+    assert await object_sha256(services.storage, file.bucket, file.key) == (
+        expected.sha256,
+        expected.bytes,
+    )
+    assert await multipart_uploads(services.storage, services.settings.bucket_exports) == []
 
 
 async def interrupt_by_shutdown(services: Services, parts: int) -> Export:
@@ -118,15 +144,7 @@ async def test_shutdown_past_grace_resumes_byte_identical(services: Services) ->
     # The re-run read only the rows after the checkpoint, by an `_id` range.
     assert listener.read == ROWS - checkpoint["rows"]
     assert any("_id" in str(f) and "$gt" in str(f) for f in listener.filters)
-    assert await multipart_uploads(services.storage, services.settings.bucket_exports) == []
-
-    (file,) = done.files
-    expected = (await reference(services, ExportType.ENTRIES)).files[0]
-    assert (file.sha256, file.bytes, file.rows) == (expected.sha256, expected.bytes, ROWS)
-    assert await object_sha256(services.storage, file.bucket, file.key) == (
-        expected.sha256,
-        expected.bytes,
-    )
+    await assert_as_uninterrupted(services, done)
 
 
 async def test_vanished_upload_restarts_from_row_zero(services: Services) -> None:
@@ -140,10 +158,7 @@ async def test_vanished_upload_restarts_from_row_zero(services: Services) -> Non
     worker = Worker(services.repository, services.db, services.storage, services.settings)
     (done,) = await worker.drain()
     assert done.status is ExportStatus.FINISHED and done.resumed_from is None
-    (file,) = done.files
-    expected = (await reference(services, ExportType.ENTRIES)).files[0]
-    assert (file.sha256, file.bytes, file.rows) == (expected.sha256, expected.bytes, ROWS)
-    assert await multipart_uploads(services.storage, services.settings.bucket_exports) == []
+    await assert_as_uninterrupted(services, done)
 
 
 async def test_cancel_of_requeued_export_aborts_the_kept_upload(services: Services) -> None:
@@ -191,15 +206,149 @@ async def test_sigkilled_worker_resumes_byte_identical(
             assert done.id == export.id and done.status is ExportStatus.FINISHED
             assert done.attempts == 2 and done.resumed_from is not None
             assert done.resumed_from >= rows_at_kill >= 50 * parts
-            (file,) = done.files
-            expected = (await reference(services, ExportType.ENTRIES)).files[0]
-            assert (file.sha256, file.bytes, file.rows) == (expected.sha256, expected.bytes, ROWS)
-            assert await object_sha256(services.storage, file.bucket, file.key) == (
-                expected.sha256,
-                expected.bytes,
-            )
-            assert await multipart_uploads(services.storage, settings.bucket_exports) == []
+            await assert_as_uninterrupted(services, done)
         finally:
             if proc is not None:
                 proc.stop()
             await services.client.drop_database(settings.mongo_db)
+
+
+async def test_dropped_mongodb_connection_resumes_byte_identical(
+    mongo_uri: str, s3_endpoint: str
+) -> None:
+    async with await TcpProxy.start("127.0.0.1", port_of(mongo_uri)) as proxy:
+        settings = make_settings(
+            f"mongodb://{proxy.address}/?directConnection=true",
+            s3_endpoint,
+            mongo_timeout_ms=300,
+            # A beat in flight when the connection dies is given half the heartbeat timeout.
+            heartbeat_interval_millis=100,
+            heartbeat_timeout_millis=1000,
+        )
+        async with Services.open(settings, create_buckets=True) as services:
+            try:
+                await seed_big_entries(services, n=ROWS)
+                (export,) = await queue_exports(services, 1, ExportType.ENTRIES)
+                hook = StopAfterParts(services, parts=2)
+                services.worker.batch_hook = hook
+                first = asyncio.create_task(services.worker.drain())
+                await hook.reached.wait()
+                proxy.refuse(True)
+                assert proxy.drop_all() > 0
+                hook.release.set()
+                # Its next read or write meets the dead connection: interrupted, not failed.
+                with pytest.raises(ConnectionFailure):
+                    await first
+                proxy.refuse(False)
+                cut = await services.repository.get(export.id)
+                assert cut is not None and cut.status is ExportStatus.TRIGGERED
+                assert cut.checkpoint is not None and len(cut.checkpoint["parts"]) >= 2
+                (done,) = await services.worker.drain()
+                assert done.id == export.id and done.status is ExportStatus.FINISHED
+                assert done.attempts == 2
+                assert done.resumed_from == cut.checkpoint["rows"] >= 100
+                await assert_as_uninterrupted(services, done)
+            finally:
+                proxy.refuse(False)
+                await services.client.drop_database(settings.mongo_db)
+
+
+async def test_killed_encoder_process_resumes_byte_identical(
+    mongo_uri: str, s3_endpoint: str
+) -> None:
+    settings = make_settings(mongo_uri, s3_endpoint, encoder_processes=2)
+    async with Services.open(settings, create_buckets=True) as services:
+        try:
+            encoders = services.encoders
+            assert encoders is not None
+            await seed_big_entries(services, n=ROWS)
+            (export,) = await queue_exports(services, 1, ExportType.ENTRIES)
+            hook = StopAfterParts(services, parts=1)
+            services.worker.batch_hook = hook
+            first = asyncio.create_task(services.worker.drain())
+            await hook.reached.wait()
+            children = stop_children(encoders)
+            hook.release.set()
+            await kill_children_holding_batches(encoders, children)
+            with pytest.raises(EncoderLost):
+                await first
+            cut = await services.repository.get(export.id)
+            assert cut is not None and cut.checkpoint is not None
+            (done,) = await services.worker.drain()
+            assert done.id == export.id and done.status is ExportStatus.FINISHED
+            assert done.attempts == 2
+            assert done.resumed_from == cut.checkpoint["rows"] >= 50
+            assert not set(encoders.pids) & set(children)  # the re-run had fresh children
+            await assert_as_uninterrupted(services, done)
+        finally:
+            await services.client.drop_database(settings.mongo_db)
+
+
+async def test_sigterm_past_a_1s_grace_to_a_worker_process_resumes_byte_identical(
+    mongo_uri: str, s3_endpoint: str, tmp_path: Path
+) -> None:
+    async with proxied(mongo_uri, s3_endpoint, shutdown_grace_seconds=1) as setup:
+        services = setup.services
+        await seed_big_entries(services, n=ROWS)
+        (export,) = await setup.queue(ExportType.ENTRIES)
+        # Parts 3 on are held unanswered while holding is on: the worker is still exporting
+        # when its grace ends, whatever the machine's speed.
+        holding = True
+
+        def later_parts(request: S3Request) -> bool:
+            return (
+                holding
+                and request.operation == UPLOAD_PART
+                and int(request.query.get("partNumber", "0")) >= 3
+            )
+
+        setup.proxy.stall(match=later_parts)
+        proc = WorkerProcess(services.settings, tmp_path, "worker")
+        try:
+
+            async def part_3_held() -> bool:
+                return setup.proxy.faults[UPLOAD_PART] > 0
+
+            await until("part 3 held", part_3_held, timeout=60)
+            held = await services.repository.get(export.id)
+            assert held is not None and held.checkpoint is not None
+            assert len(held.checkpoint["parts"]) == 2
+            signalled = time.monotonic()
+            proc.proc.send_signal(signal.SIGTERM)
+            assert proc.proc.wait(30) == 0  # a clean exit, past the grace
+            assert time.monotonic() - signalled >= 1
+        finally:
+            proc.stop()
+        holding = False  # the dead worker's held request stays held until the proxy closes
+        requeued = [e for e in proc.events() if e.get("event") == "export_requeued"]
+        assert [e.get("reason") for e in requeued] == ["shutdown"]
+        pending = await services.repository.get(export.id)
+        assert pending is not None and pending.status is ExportStatus.PENDING
+        assert pending.checkpoint == held.checkpoint  # kept, with its upload
+        (done,) = await services.worker.drain()
+        assert done.id == export.id and done.status is ExportStatus.FINISHED
+        assert done.attempts == 2 and done.resumed_from == held.checkpoint["rows"] == 100
+        await assert_as_uninterrupted(services, done)
+
+
+async def test_resumed_run_keeps_the_first_runs_cut(services: Services) -> None:
+    requeued = await interrupt_by_shutdown(services, parts=1)
+    assert requeued.checkpoint is not None
+    first_cut = requeued.checkpoint["cut"]
+    # Created after the first run started (its cut), before the re-run starts, and after the
+    # checkpoint's last `_id`: a re-run with a cut of its own would export them.
+    late = [entry(f"z{i:03d}", f"late{i:03d}", created=utcnow()) for i in range(30)]
+    await services.db["entries"].insert_many(late)
+    assert all(doc["date"]["created"] > first_cut for doc in late)
+    (done,) = await Worker(
+        services.repository, services.db, services.storage, services.settings
+    ).drain()
+    assert done.status is ExportStatus.FINISHED and done.resumed_from is not None
+    assert done.date["triggered"] > late[-1]["date"]["created"]  # the re-run's own start
+    assert done.count == done.progress["total"] == ROWS
+    (file,) = done.files
+    body = await download(services.storage, file.bucket, file.key)
+    assert b"late0" not in body
+    # The same file as an uninterrupted export whose cut excludes them too.
+    await services.db["entries"].delete_many({"_id": {"$in": [d["_id"] for d in late]}})
+    await assert_as_uninterrupted(services, done)
