@@ -16,7 +16,7 @@ from pymongo.read_preferences import (
     SecondaryPreferred,
 )
 
-from export_service.ccpa_requests import CcpaRequests
+from export_service.ccpa.requests import CcpaRequests
 from export_service.queue.repository import ExportRepository
 from export_service.settings import Settings
 from export_service.webhooks.outbox import Outbox
@@ -145,7 +145,7 @@ def source_database(client: AsyncMongoClient[Doc], settings: Settings) -> AsyncD
 
     Only the exporters (cursors, counts, campaign/market/promoter lookups) go through it; the
     `exports` collection, the outbox and CCPA's lookups always read the primary (see
-    `ExportRepository` and `ccpa`), because they decide what runs and what is deleted."""
+    `ExportRepository` and `ccpa.deletion`), because they decide what runs and what is deleted."""
     return client.get_database(settings.mongo_db, read_preference=source_read_preference(settings))
 
 

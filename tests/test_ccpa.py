@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,8 +19,8 @@ from pymongo import AsyncMongoClient, monitoring
 
 from export_service import db as dbmod
 from export_service.app.factory import create_app
-from export_service.ccpa import CcpaDeletion
-from export_service.exporters import CCPA_TYPES, EXPORTERS
+from export_service.ccpa.deletion import CCPA_TYPES, CcpaDeletion
+from export_service.exporters import EXPORTERS
 from export_service.models import ExportStatus, ExportType, utcnow
 from export_service.queue.repository import CCPA_OWNER, ExportRepository, PendingUpload
 from export_service.runtime import Services
@@ -184,11 +186,22 @@ async def test_ccpa_needs_a_supreme_token_and_a_well_formed_user_id(client: Clie
     assert await services.db["ccpa_requests"].count_documents({}) == 0
 
 
-def test_ccpa_types_agree_with_each_specs_flag() -> None:
-    skipped = {ExportType.SCORING, ExportType.VERIFIED_ENTRIES, ExportType.AUTO_REMINDER_EMAIL}
-    assert set(ExportType) - CCPA_TYPES == skipped
-    for export_type, spec in EXPORTERS.items():
-        assert spec.ccpa == (export_type in CCPA_TYPES), export_type
+def contract_ccpa_column() -> dict[str, str]:
+    """exportType → "deleted" or "kept", as the table of contract §6 says."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "contract.md").read_text()
+    section = text.split("## 6. Export types", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` \|.*\| (deleted|kept) \|$", section, re.MULTILINE)
+    return dict(rows)
+
+
+def test_ccpa_types_are_the_specs_flagged_and_those_the_contract_deletes() -> None:
+    # Every type has a spec, so a type cannot drop out of the set by having none.
+    assert set(EXPORTERS) == set(ExportType)
+    assert {t for t, spec in EXPORTERS.items() if spec.ccpa} == CCPA_TYPES
+    column = contract_ccpa_column()
+    assert set(column) == {t.value for t in ExportType}
+    deleted = {t for t in ExportType if column[t.value] == "deleted"}
+    assert deleted == CCPA_TYPES
 
 
 # ---- what is deleted ----------------------------------------------------------------------

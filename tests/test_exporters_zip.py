@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
+from export_service.ccpa.deletion import CCPA_TYPES
 from export_service.dev import seed
-from export_service.exporters import CCPA_TYPES
 from export_service.models import Export, ExportStatus, ExportType
 from export_service.runtime import Services
 from export_service.settings import Settings

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from pymongo import monitoring
 
-from export_service.ccpa import CcpaDeletion
+from export_service.ccpa.deletion import CcpaDeletion
 from export_service.dev.seed import SeedPlan, seed
 from export_service.exporters import EXPORTERS
 from export_service.models import ExportStatus, ExportType

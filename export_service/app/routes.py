@@ -14,7 +14,7 @@ from export_service import metrics, telemetry
 from export_service.app.auth import Authenticator, Principal
 from export_service.app.observability import REQUEST_ID
 from export_service.app.schemas import CODE_WAVES_NEED_DATE, CreateExport, ListExports, valid_id
-from export_service.ccpa import CcpaDeletion
+from export_service.ccpa.deletion import CcpaDeletion
 from export_service.errors import (
     BadRequest,
     CampaignNotFound,

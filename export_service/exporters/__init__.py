@@ -43,14 +43,6 @@ EXPORTERS: dict[ExportType, ExporterSpec] = {
     )
 }
 
-# Types whose exports a CCPA request deletes (contract §6/§7). Declared on each spec; the set
-# of all fifteen is fixed by the contract, so it is spelled out for types not yet built.
-CCPA_TYPES: frozenset[ExportType] = frozenset(
-    t
-    for t in ExportType
-    if t not in {ExportType.SCORING, ExportType.VERIFIED_ENTRIES, ExportType.AUTO_REMINDER_EMAIL}
-)
-
 
 def spec_for(export_type: ExportType) -> ExporterSpec | None:
     return EXPORTERS.get(export_type)

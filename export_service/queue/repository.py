@@ -659,7 +659,7 @@ class ExportRepository:
         cursor = self._exports.find({"status": ExportStatus.TRIGGERED.value})
         return [doc async for doc in cursor if is_stale(doc)]
 
-    # ---- CCPA side (export_service/ccpa.py) ----------------------------------------------
+    # ---- CCPA side (export_service/ccpa/deletion.py) -------------------------------------
     # Batches only: one query per step whatever the number of exports. Every delete is still a
     # compare-and-set on the state the caller acted on, so a concurrent change leaves the
     # document in place for the caller's next look instead of being deleted unseen.

@@ -34,16 +34,20 @@ import structlog
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.read_preferences import Primary
 
-from export_service.ccpa_requests import CcpaRequests
+from export_service.ccpa.requests import CcpaRequests
 from export_service.errors import StorageError
-from export_service.exporters import CCPA_TYPES
-from export_service.models import TERMINAL_STATUSES, Export, ExportStatus
+from export_service.exporters import EXPORTERS
+from export_service.models import TERMINAL_STATUSES, Export, ExportStatus, ExportType
 from export_service.queue.repository import CCPA_OWNER, ExportRepository, ExportUploads
 from export_service.storage import Storage
 
 log = structlog.get_logger(__name__)
 
 Doc = dict[str, Any]
+
+# The types whose exports a request deletes (contract §6/§7): each spec's `ccpa` flag says it,
+# and nothing else does.
+CCPA_TYPES: frozenset[ExportType] = frozenset(t for t, spec in EXPORTERS.items() if spec.ccpa)
 
 # Where a user shows up in a campaign: (collection, query on the user id's field).
 ASSOCIATIONS: tuple[tuple[str, str], ...] = (
