@@ -5,18 +5,30 @@ carry `trace_id`, and the trace context stored on an export links the worker's s
 that created it) but nothing is exported. The standard `OTEL_*` variables still apply
 (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`,
 `OTEL_EXPORTER_OTLP_HEADERS`, ...).
+
+MongoDB commands sent inside a trace get `CLIENT` child spans from `MongoSpans`, a command
+listener of our own: `opentelemetry-instrumentation-pymongo` is the same kind of listener, but its
+latest release (0.66b1) pins `opentelemetry-semantic-conventions==0.66b1`, which conflicts with
+the SDK 1.45.2 we use (0.66b2). Command listeners see the native async client's commands too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import Link
+from opentelemetry.semconv.attributes import (
+    db_attributes,
+    error_attributes,
+    server_attributes,
+)
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from pymongo import monitoring
 
 from export_service.settings import Settings
 
@@ -26,6 +38,7 @@ TRACES_PATH = "/v1/traces"
 tracer = trace.get_tracer("export_service")
 
 _otlp_endpoints: set[str] = set()
+_mongo_spans: list[MongoSpans] = []
 
 
 def traces_url(endpoint: str) -> str:
@@ -53,6 +66,11 @@ def install(settings: Settings, *, component: str = "serve") -> TracerProvider:
         if url not in _otlp_endpoints:
             provider.add_span_processor(otlp_processor(url))
             _otlp_endpoints.add(url)
+    if not _mongo_spans:
+        # Process-wide, like the pymongo instrumentation: clients created from now on (the
+        # service's, and any a test or tool opens) report their commands to it.
+        _mongo_spans.append(MongoSpans())
+        monitoring.register(_mongo_spans[0])
     return provider
 
 
@@ -96,3 +114,62 @@ def current_ids() -> dict[str, str]:
         "trace_id": trace.format_trace_id(context.trace_id),
         "span_id": trace.format_span_id(context.span_id),
     }
+
+
+class MongoSpans(monitoring.CommandListener):
+    """One `CLIENT` span per MongoDB command sent while a span is current (an API request, an
+    export run), as its child: a slow export shows its `find`/`getMore`/`update` time. Named and
+    attributed per the database semantic conventions (`find entries`, `db.system.name` mongodb,
+    `db.namespace`, `db.collection.name`, `db.operation.name`, `server.address`/`port`; on a
+    failure `db.response.status_code` and `error.type`). The query text is never recorded (it
+    holds user ids and emails). Commands outside any trace (idle polling, scrapes) make none."""
+
+    # Started commands whose end was never reported (a connection torn down mid-command) must
+    # not pile up: past this many open spans the oldest are dropped.
+    MAX_OPEN = 10_000
+
+    def __init__(self) -> None:
+        self._open: dict[tuple[Any, int], Span] = {}
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if not trace.get_current_span().get_span_context().is_valid:
+            return
+        operation = event.command_name
+        target = event.command.get(operation)
+        collection = target if isinstance(target, str) else None
+        if operation == "getMore":
+            collection = event.command.get("collection")
+        address, port = event.connection_id
+        span = tracer.start_span(
+            f"{operation} {collection}" if collection else f"{operation} {event.database_name}",
+            kind=SpanKind.CLIENT,
+            attributes={
+                db_attributes.DB_SYSTEM_NAME: "mongodb",
+                db_attributes.DB_NAMESPACE: event.database_name,
+                db_attributes.DB_OPERATION_NAME: operation,
+                server_attributes.SERVER_ADDRESS: address,
+                server_attributes.SERVER_PORT: port,
+                **({db_attributes.DB_COLLECTION_NAME: collection} if collection else {}),
+            },
+        )
+        while len(self._open) >= self.MAX_OPEN:
+            self._open.pop(next(iter(self._open)))
+        self._open[(event.connection_id, event.request_id)] = span
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        span = self._open.pop((event.connection_id, event.request_id), None)
+        if span is not None:
+            span.end()
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        span = self._open.pop((event.connection_id, event.request_id), None)
+        if span is None:
+            return
+        failure = event.failure if isinstance(event.failure, Mapping) else {}
+        code = failure.get("code")
+        if code is not None:
+            span.set_attribute(db_attributes.DB_RESPONSE_STATUS_CODE, str(code))
+        span.set_attribute(error_attributes.ERROR_TYPE, str(failure.get("codeName") or "error"))
+        # Not errmsg: a duplicate-key message quotes the key, which may be personal.
+        span.set_status(Status(StatusCode.ERROR, str(failure.get("codeName") or "")))
+        span.end()

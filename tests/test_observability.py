@@ -127,6 +127,57 @@ async def test_export_span_links_to_the_request_that_created_it(
     assert run.status.status_code is not StatusCode.ERROR
 
 
+def children_of(spans: InMemorySpanExporter, parent: ReadableSpan) -> list[ReadableSpan]:
+    return [
+        s for s in spans.get_finished_spans()
+        if s.parent is not None and s.parent.span_id == parent.context.span_id
+    ]  # fmt: skip
+
+
+def attribute(span: ReadableSpan, name: str) -> Any:
+    return (span.attributes or {}).get(name)
+
+
+async def test_export_trace_has_mongodb_child_spans(
+    client: Client, spans: InMemorySpanExporter
+) -> None:
+    services = app_services(client)
+    await seed_entries(services, 3)
+    resp = await client.post(URL, json={"exportType": "entries"}, headers=auth([CAMPAIGN]))
+    assert resp.status == 202
+    (done,) = await services.worker.drain()
+    assert done.status is ExportStatus.FINISHED
+
+    run = named(spans, "export entries")
+    mongo = [s for s in children_of(spans, run) if attribute(s, "db.system.name") == "mongodb"]
+    assert {s.context.trace_id for s in mongo} == {run.context.trace_id}
+    assert all(s.kind is SpanKind.CLIENT for s in mongo)
+    # The source read and the export document's writes, each named `operation collection`.
+    reads = [s for s in mongo if attribute(s, "db.collection.name") == "entries"]
+    assert reads and {attribute(s, "db.operation.name") for s in reads} <= {
+        "find", "getMore", "aggregate", "count",
+    }  # fmt: skip
+    read = reads[0]
+    assert read.name == f"{attribute(read, 'db.operation.name')} entries"
+    assert attribute(read, "db.namespace") == services.settings.mongo_db
+    assert attribute(read, "server.address") and attribute(read, "server.port")
+    assert any(
+        attribute(s, "db.collection.name") == "exports" and s.name == "update exports"
+        for s in mongo
+    )
+    # The request's insert is a child of the request's span.
+    request = named(spans, CREATE_ROUTE)
+    assert any(s.name == "insert exports" for s in children_of(spans, request))
+    # No query text is recorded (it would hold user ids and emails).
+    assert not any(attribute(s, "db.query.text") for s in mongo)
+    # Commands outside any trace (the worker's claim poll) make no spans of their own.
+    assert all(
+        s.parent is not None
+        for s in spans.get_finished_spans()
+        if attribute(s, "db.system.name") == "mongodb"
+    )
+
+
 async def test_incoming_traceparent_is_continued_and_probes_are_not_traced(
     client: Client, spans: InMemorySpanExporter
 ) -> None:
@@ -136,7 +187,9 @@ async def test_incoming_traceparent_is_continued_and_probes_are_not_traced(
     assert resp.status == 404
     await client.get("/heartbeat")
     await client.get("/metrics")
-    (span,) = spans.get_finished_spans()
+    # One server span; the probes made none (nor MongoDB spans: only the request's lookup has one).
+    (span,) = [s for s in spans.get_finished_spans() if s.kind is SpanKind.SERVER]
+    assert {format_trace_id(s.context.trace_id) for s in spans.get_finished_spans()} == {trace_id}
     assert span.name == "GET /campaigns/{campaignId}/exports/{exportId}"
     assert format_trace_id(span.context.trace_id) == trace_id
     assert span.parent is not None and format_span_id(span.parent.span_id) == parent_id
