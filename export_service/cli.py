@@ -12,9 +12,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import structlog
-from aiohttp import web
 
 from export_service import devstate, logs, telemetry
+from export_service.app import server
 from export_service.app.auth import mint
 from export_service.app.factory import create_app
 from export_service.client import commands as client_commands
@@ -57,7 +57,7 @@ def _published(settings: Settings) -> Iterator[None]:
 def _serve(settings: Settings, *, run_worker: bool) -> None:
     app = create_app(settings, run_worker=run_worker)
     log.info("api_listening", host=settings.host, port=settings.port)
-    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
+    server.serve(app, settings.host, settings.port)
 
 
 async def _worker_main(settings: Settings) -> None:

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from export_service import metrics
 from export_service.app.observability import observe_request
+from export_service.app.server import listening
 from export_service.runtime import Services
 
 log = structlog.get_logger(__name__)
@@ -49,12 +50,7 @@ def create_worker_app(services: Services) -> web.Application:
 @asynccontextmanager
 async def worker_listener(services: Services, host: str, port: int) -> AsyncIterator[int]:
     """Serve the worker's endpoints while the block runs; yields the bound port (0 = any free)."""
-    runner = web.AppRunner(create_worker_app(services), access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port).start()
-        bound = int(runner.addresses[0][1])
+    # The API's server: a request its parser refuses is answered in the same JSON shape.
+    async with listening(create_worker_app(services), host, port) as bound:
         log.info("worker_metrics_listening", host=host, port=bound)
         yield bound
-    finally:
-        await runner.cleanup()

@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from moto.server import ThreadedMotoServer
 
 from export_service.app.factory import create_app
 from export_service.app.routes import SERVICES
 from export_service.runtime import Services
 from export_service.settings import Settings
-from tests.support.app import make_settings
+from tests.support.app import ServiceTestServer, make_settings
 from tests.support.servers import SecantusServer, free_port
 
 SERVER_FIXTURES = frozenset({"mongo_uri", "s3_endpoint"})
@@ -73,7 +73,7 @@ async def services(settings: Settings) -> AsyncIterator[Services]:
 async def client(settings: Settings) -> AsyncIterator[TestClient[Any, Any]]:
     """The real app on a real socket, worker idle: tests drive it with `worker.drain()`."""
     app = create_app(settings, run_worker=False, create_buckets=True)
-    async with TestClient(TestServer(app, host="127.0.0.1")) as test_client:
+    async with TestClient(ServiceTestServer(app, host="127.0.0.1")) as test_client:
         try:
             yield test_client
         finally:

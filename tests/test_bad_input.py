@@ -13,9 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
 
+from aiohttp.http import HttpRequestParser
 from aiohttp.test_utils import TestClient
 from pymongo.asynchronous.database import AsyncDatabase
 
+from export_service.runtime import Services
+from export_service.worker_http import worker_listener
 from tests.support.app import app_services, auth, token
 from tests.support.data import CAMPAIGN, add_campaign, entry, snapshot
 
@@ -41,7 +44,12 @@ class Answer:
 
 async def raw(client: Client, request: bytes) -> Answer:
     """One request written byte for byte (no client-side normalisation of paths or framing)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    assert client.port is not None
+    return await raw_port(client.port, request)
+
+
+async def raw_port(port: int, request: bytes) -> Answer:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(request)
         await writer.drain()
@@ -318,12 +326,57 @@ async def test_odd_ids_in_paths_are_clean_4xx(client: Client) -> None:
     assert await snapshot(db) == before
 
 
-async def test_request_line_over_8_kib_is_refused_by_the_http_parser(client: Client) -> None:
-    """The one answer that is not JSON: aiohttp's parser refuses the line before any handler runs."""
+def parser_refusals(bearer: str) -> list[tuple[bytes, int]]:
+    """Requests aiohttp's parser refuses before any handler runs, and the status each gets."""
+    pad = "x" * 10_000
+    return [
+        (request("GET", f"{URL}/{'c' * 10_000}", bearer=bearer), 414),
+        (request("POST", f"{URL}?{pad}", b'{"exportType":"entries"}', bearer=bearer), 414),
+        (request("GET", URL, bearer=bearer, extra=(f"X-Pad: {pad}",)), 431),
+        (request("GET", URL, bearer=pad), 431),
+        (request("GET", URL, bearer=bearer, extra=(f"X-{pad}: 1",)), 431),
+        (request("GET", URL, bearer=bearer, extra=tuple(f"X-H{i}: 1" for i in range(200))), 431),
+        (request("GET", URL, bearer=bearer, extra=("Content-Length: 1", "Content-Length: 2")), 400),
+        (request("POST", URL, bearer=bearer, extra=("Content-Length: -1",)), 400),
+        (request("GE(T", URL, bearer=bearer), 400),
+        (request("GET", URL, bearer=bearer, extra=("X-Bad\x01: 1",)), 400),
+    ]
+
+
+def assert_refused(resp: Answer, status: int) -> None:
+    assert resp.status == status, resp
+    code = {400: "BadRequest", 414: "URITooLong", 431: "RequestHeaderFieldsTooLarge"}[status]
+    assert resp.error()["payload"]["code"] == code
+
+
+async def test_over_long_targets_and_headers_and_bad_framing_answer_json(client: Client) -> None:
+    """414 for a request target over 8190 bytes, 431 for a header field over 8192 bytes or over
+    128 headers, 400 for malformed framing: in the API's error shape, though aiohttp's (C)
+    parser refuses them before any handler or middleware runs."""
+    assert HttpRequestParser.__module__ == "aiohttp._http_parser"  # the C parser, the default
     db, before = await setup(client)
-    resp = await raw(client, request("GET", f"{URL}/{'c' * 9000}", bearer=token([CAMPAIGN])))
-    assert resp.status == 400
+    for sent, status in parser_refusals(token([CAMPAIGN])):
+        assert_refused(await raw(client, sent), status)
     assert await snapshot(db) == before
+    # Right at the limits the request goes through to the routes.
+    target = f"{URL}/"
+    resp = await raw(
+        client, request("GET", target + "c" * (8190 - len(target)), bearer=token([CAMPAIGN]))
+    )
+    assert resp.status == 404, resp
+    resp.error()
+    pad = "X-Pad: " + "p" * (8192 - len("X-Pad"))
+    resp = await raw(client, request("GET", URL, bearer=token([CAMPAIGN]), extra=(pad,)))
+    assert resp.status == 200, resp
+
+
+async def test_the_worker_port_answers_parser_refusals_in_json(services: Services) -> None:
+    """The `worker` command's /metrics and /heartbeat port runs the API's server."""
+    async with worker_listener(services, "127.0.0.1", 0) as port:
+        for sent, status in parser_refusals(token())[:3]:
+            assert_refused(await raw_port(port, sent), status)
+        resp = await raw_port(port, request("GET", "/heartbeat"))
+        assert resp.status == 200, resp
 
 
 async def test_unsupported_method_is_405_naming_the_allowed_ones(client: Client) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web_runner import BaseRunner
 
 from export_service.app.auth import mint
 from export_service.app.routes import SERVICES
+from export_service.app.server import ServiceRunner
 from export_service.runtime import Services
 from export_service.settings import Settings
 
@@ -53,3 +55,11 @@ def token(
 
 def auth(campaigns: list[str] | None = None, **kw: Any) -> dict[str, str]:
     return {"Authorization": f"Bearer {token(campaigns, **kw)}"}
+
+
+class ServiceTestServer(TestServer):
+    """aiohttp's `TestServer` on the service's own runner (its parser limits, its JSON answer to
+    a request the parser refuses), as `serve` and `api` run it."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return ServiceRunner(self.app, **kwargs)
