@@ -73,13 +73,16 @@ async def _worker_main(settings: Settings) -> None:
         runner = asyncio.create_task(services.worker.run())
         # Its own task: a slow receiver never holds up a claim or an export.
         dispatcher = asyncio.create_task(services.dispatcher.run())
+        sweeper = asyncio.create_task(services.retention.run())
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
         services.dispatcher.shutdown()
+        services.retention.shutdown()
         await services.worker.shutdown()
         stopper.cancel()
         await runner
         await dispatcher
+        await sweeper
 
 
 async def _seed(settings: Settings, campaign_id: str, entries: int, seed: int, fresh: bool) -> None:

@@ -16,6 +16,7 @@ from pymongo.read_preferences import (
     SecondaryPreferred,
 )
 
+from export_service import retention
 from export_service.ccpa.requests import CcpaRequests
 from export_service.queue.repository import ExportRepository
 from export_service.settings import Settings
@@ -153,5 +154,6 @@ async def ensure_indexes(db: AsyncDatabase[Doc], settings: Settings) -> None:
     await ExportRepository(db, max_concurrent=settings.max_concurrent_exports).ensure_indexes()
     await CcpaRequests(db).ensure_indexes()
     await Outbox(db).ensure_indexes()
+    await retention.ensure_indexes(db)
     for collection, indexes in SOURCE_INDEXES.items():
         await db[collection].create_indexes(indexes)

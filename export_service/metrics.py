@@ -144,6 +144,37 @@ WEBHOOK_OLDEST_PENDING_AGE = Gauge(
     "Age of the oldest pending webhook event (0 when none).",
     registry=REGISTRY,
 )
+RETENTION_PURGED_EXPORTS = Counter(
+    "export_service_retention_purged_exports",
+    "Exports a retention sweep of this process marked purged (contract §13).",
+    ["export_type"],
+    registry=REGISTRY,
+)
+RETENTION_PURGED_OBJECTS = Counter(
+    "export_service_retention_purged_objects",
+    "S3 objects of purged exports that S3 confirmed deleted.",
+    ["export_type"],
+    registry=REGISTRY,
+)
+RETENTION_PURGED_BYTES = Counter(
+    "export_service_retention_purged_bytes",
+    "Bytes of the S3 objects of purged exports (as recorded on the export).",
+    ["export_type"],
+    registry=REGISTRY,
+)
+RETENTION_SWEEP_FAILURES = Counter(
+    "export_service_retention_sweep_failures",
+    "Retention failures: `s3` (a DeleteObjects call or key failed; its exports stay unpurged "
+    "for the next sweep), `sweep` (a sweep stopped on an error, e.g. MongoDB away).",
+    ["stage"],
+    registry=REGISTRY,
+)
+RETENTION_LAST_SWEEP = Gauge(
+    "export_service_retention_last_sweep_timestamp_seconds",
+    "Unix time this process last completed a retention sweep (0: never; use max() across "
+    "instances, one worker sweeps at a time).",
+    registry=REGISTRY,
+)
 
 # Every type's series exist from the start: a counter first seen at 1 hides that increment
 # from `rate()` and `increase()`.
@@ -151,6 +182,10 @@ for _type in ExportType:
     EXPORTS_CREATED.labels(_type.value)
     for _status in TERMINAL_STATUSES:
         EXPORTS_ENDED.labels(_type.value, _status.value)
+    for _counter in (RETENTION_PURGED_EXPORTS, RETENTION_PURGED_OBJECTS, RETENTION_PURGED_BYTES):
+        _counter.labels(_type.value)
+for _stage in ("s3", "sweep"):
+    RETENTION_SWEEP_FAILURES.labels(_stage)
 
 
 async def refresh_queue(repository: ExportRepository) -> None:

@@ -19,6 +19,7 @@ from export_service.encoding.processes import EncoderProcesses, default_processe
 from export_service.queue.estimates import QueueEstimates
 from export_service.queue.repository import ExportRepository
 from export_service.queue.worker import Worker
+from export_service.retention import Retention
 from export_service.settings import Settings
 from export_service.storage import Storage
 from export_service.webhooks.delivery import Dispatcher
@@ -93,6 +94,8 @@ class Services:
     # Started beside the worker loop by the processes that run a worker.
     dispatcher: Dispatcher
     estimates: QueueEstimates
+    # Started beside the worker loop too: the retention sweep (contract §13).
+    retention: Retention
 
     @classmethod
     @asynccontextmanager
@@ -135,6 +138,7 @@ class Services:
                         notifier=notifier,
                         dispatcher=dispatcher,
                         estimates=QueueEstimates(repository, slots=settings.max_concurrent_exports),
+                        retention=Retention(repository, storage, settings, owner=worker.worker_id),
                     )
                 finally:
                     await dispatcher.close()

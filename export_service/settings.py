@@ -18,6 +18,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from export_service.models import ExportType
 from export_service.webhooks.addresses import is_public_address
 from export_service.webhooks.subscriptions import WebhookSubscription, unique_names
 
@@ -236,6 +237,30 @@ class Settings(BaseSettings):
         default=1_000, ge=10, description="How often an idle worker looks for due events."
     )
 
+    # --- Retention (contract §13) --------------------------------------------------------
+    retention_days: int = Field(
+        default=0,
+        ge=0,
+        description="FINISHED exports older than this many days (since `date.finished`) lose "
+        "their S3 objects and are marked purged; 0 keeps them forever.",
+    )
+    retention_days_by_type: dict[ExportType, int] = Field(
+        default_factory=dict,
+        description="JSON object `{exportType: days}` overriding `retention_days` per type "
+        '(0: keep that type forever), e.g. `{"scoring": 7, "entries": 90}`.',
+    )
+    retention_sweep_interval_millis: int = Field(
+        default=3_600_000,
+        ge=10,
+        description="At most one retention sweep per this period across all workers.",
+    )
+    retention_batch_size: int = Field(
+        default=500,
+        ge=1,
+        le=10_000,
+        description="Most exports one retention sweep purges; a longer backlog takes more sweeps.",
+    )
+
     # --- Embedded servers ----------------------------------------------------------------
     data_dir: Path = Field(
         default=Path(".export-service"), description="Embedded servers' data directory."
@@ -274,6 +299,13 @@ class Settings(BaseSettings):
             raise ValueError("backoff delays must be >= 0")
         return value
 
+    @field_validator("retention_days_by_type")
+    @classmethod
+    def _retention_days(cls, value: dict[ExportType, int]) -> dict[ExportType, int]:
+        if any(days < 0 for days in value.values()):
+            raise ValueError("retention days must be >= 0 (0 keeps the type forever)")
+        return value
+
     @model_validator(mode="after")
     def _public_receivers(self) -> Settings:
         # A literal address is refused at start; DNS names are checked at each delivery.
@@ -286,6 +318,14 @@ class Settings(BaseSettings):
                         "(set EXPORT_SERVICE_WEBHOOK_ALLOW_PRIVATE=true to allow it)"
                     )
         return self
+
+    def retention_days_for(self, export_type: ExportType) -> int:
+        """Days a FINISHED export of this type keeps its objects; 0 means forever."""
+        return self.retention_days_by_type.get(export_type, self.retention_days)
+
+    @property
+    def retention_enabled(self) -> bool:
+        return any(self.retention_days_for(t) > 0 for t in ExportType)
 
     @property
     def embedded(self) -> bool:

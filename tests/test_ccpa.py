@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -26,7 +25,7 @@ from export_service.queue.repository import CCPA_OWNER, ExportRepository, Pendin
 from export_service.runtime import Services
 from export_service.settings import Settings
 from tests.support.app import app_services, auth, make_settings
-from tests.support.data import BIG, T0, add_campaign, entry
+from tests.support.data import BIG, T0, add_campaign, entry, stored_export
 from tests.support.faults import PUT_OBJECT, S3FaultProxy, S3Request
 from tests.support.gates import Gate
 from tests.support.s3 import multipart_uploads, object_keys
@@ -102,30 +101,6 @@ async def run_exports(client: Client, campaign_id: str, *types: str) -> list[str
     done = await app_services(client).worker.drain()
     assert {e.status for e in done} == {ExportStatus.FINISHED}
     return ids
-
-
-async def stored_export(
-    services: Services,
-    campaign_id: str,
-    export_type: ExportType,
-    objects: list[tuple[str, str]],
-    *,
-    status: ExportStatus = ExportStatus.FINISHED,
-) -> str:
-    """An export document written directly, with its objects really in S3."""
-    # Unique per call: several are written within one millisecond (utcnow() has ms precision).
-    export_id = f"{campaign_id}-{export_type.value}-{len(objects)}-{uuid.uuid4().hex[:12]}"
-    files = []
-    for bucket, key in objects:
-        await services.storage.client.put_object(Bucket=bucket, Key=key, Body=b"a,b\r\n")
-        files.append({"bucket": bucket, "key": key, "acl": "private", "rows": 1, "bytes": 5,
-                      "sha256": "0" * 64})  # fmt: skip
-    await services.db["exports"].insert_one(
-        {"_id": export_id, "campaignId": campaign_id, "campaignName": "Tour",
-         "exportType": export_type.value, "status": status.value, "requesterUserId": "admin",
-         "date": {"created": utcnow()}, "progress": {"processed": 1}, "files": files}
-    )  # fmt: skip
-    return export_id
 
 
 async def keys(services: Services, bucket: str) -> set[str]:

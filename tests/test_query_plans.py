@@ -27,6 +27,7 @@ from export_service.filters import FILTERABLE_TYPES, request_filters
 from export_service.models import ExportStatus, ExportType, utcnow
 from export_service.queue.repository import ExportRepository
 from export_service.queue.worker import Worker
+from export_service.retention import Retention
 from export_service.runtime import s3_credentials, s3_endpoint
 from export_service.settings import Settings
 from export_service.storage import Storage
@@ -217,6 +218,12 @@ async def test_every_queue_and_exporter_query_uses_an_index(
         # Worker side: sweep, claim, run every exporter, record the outcome.
         done = await worker.drain()
         await worker.sweep()
+        # Retention (contract §13): the candidates of every type, the lease, the records.
+        retained = settings.model_copy(update={"retention_days": 1})
+        sweep = await Retention(repository, storage, retained, owner="plans").sweep(
+            utcnow() + timedelta(days=2)
+        )
+        assert sweep is not None and sweep.purged
         # Webhook outbox: recovery, due events, the export views' lookup, the metrics.
         outbox = Outbox(db)
         await Notifier(repository, outbox, []).recover()

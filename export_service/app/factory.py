@@ -24,6 +24,7 @@ log = structlog.get_logger(__name__)
 
 WORKER_TASK = web.AppKey("worker_task", asyncio.Task[None])
 DISPATCHER_TASK = web.AppKey("dispatcher_task", asyncio.Task[None])
+RETENTION_TASK = web.AppKey("retention_task", asyncio.Task[None])
 PROBE_TASK = web.AppKey("probe_task", asyncio.Task[None])
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -64,12 +65,13 @@ def create_app(
             settings, create_buckets=create_buckets, listeners=listeners
         ) as services:
             app[SERVICES] = services
-            # Both loops are ended by their events and awaited, never cancelled: either may be
+            # The loops are ended by their events and awaited, never cancelled: any may be
             # inside a driver call (see `queue.worker`).
             probe_end = asyncio.Event()
             if run_worker:
                 app[WORKER_TASK] = asyncio.create_task(services.worker.run())
                 app[DISPATCHER_TASK] = asyncio.create_task(services.dispatcher.run())
+                app[RETENTION_TASK] = asyncio.create_task(services.retention.run())
             else:
                 # No worker loop here to prove the process alive: a probe does (`liveness`).
                 app[PROBE_TASK] = asyncio.create_task(
@@ -83,9 +85,11 @@ def create_app(
             yield
             if run_worker:
                 services.dispatcher.shutdown()
+                services.retention.shutdown()
                 await services.worker.shutdown()
                 await app[WORKER_TASK]
                 await app[DISPATCHER_TASK]
+                await app[RETENTION_TASK]
             else:
                 probe_end.set()
                 await app[PROBE_TASK]

@@ -212,6 +212,9 @@ def show_export(console: Console, export: Export, saved: list[str] | None = None
         line(f"file {number}", f"s3://{stored['bucket']}/{stored['key']}")
         line("", f"{stored['rows']:,} rows, {human_bytes(stored['bytes'])}, acl {stored['acl']}")
         line("", f"sha256 {stored['sha256']}")
+    if export.get("purged"):
+        purged = export["purged"]
+        line("purged", f"{purged.get('date')} ({purged.get('reason')}): the files are gone")
     for path in saved or []:
         line("saved", f"{path} (sha256 verified)")
     if export.get("path"):

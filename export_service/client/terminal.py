@@ -127,6 +127,13 @@ async def _submit(
 async def _download_all(
     session: aiohttp.ClientSession, export: Export, where: str, err: Console
 ) -> list[str]:
+    purged = export.get("purged")
+    if purged:
+        # Its objects are gone (contract §13): the answer carries no URLs to fetch.
+        raise DownloadFailed(
+            f"export {export['id']} was purged ({purged.get('reason')}, {purged.get('date')}): "
+            "its files are gone; request the export again"
+        )
     files = export.get("files") or []
     names = [PurePosixPath(f["key"]).name for f in files]
     target = Path(where)

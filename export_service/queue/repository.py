@@ -69,6 +69,18 @@ EXPORT_INDEXES = [
         [("campaignId", ASCENDING), ("date.created", DESCENDING), ("_id", DESCENDING)],
         name="campaign_newest",
     ),
+    # Retention (contract §13): per type, the unpurged FINISHED exports in `date.finished`
+    # order, so a sweep reads only what it purges, however many purged ones pile up.
+    IndexModel(
+        [
+            ("status", ASCENDING),
+            ("exportType", ASCENDING),
+            ("purged", ASCENDING),
+            ("date.finished", ASCENDING),
+        ],
+        name="retention",
+        partialFilterExpression={"status": ExportStatus.FINISHED.value},
+    ),
     # Terminal exports whose webhook events are not yet in the outbox (a handful at most).
     IndexModel(
         [("notified", ASCENDING)],
@@ -275,13 +287,33 @@ class ExportRepository:
         cursor = self._exports.find({"status": ExportStatus.FINISHED.value, "purged": None})
         return [Export.from_doc(doc) async for doc in cursor]
 
-    async def mark_purged(self, export_id: str, reason: str) -> bool:
-        """Record that a FINISHED export's objects are gone; False if it changed meanwhile."""
+    async def mark_purged(self, export_id: str, reason: str, date: datetime | None = None) -> bool:
+        """Record that a FINISHED export's objects are gone; False if it changed meanwhile.
+
+        The caller has made sure that none of its objects is left (contract §13)."""
         result = await self._exports.update_one(
             {"_id": export_id, "status": ExportStatus.FINISHED.value, "purged": None},
-            {"$set": {"purged": {"date": utcnow(), "reason": reason}}},
+            {"$set": {"purged": {"date": date or utcnow(), "reason": reason}}},
         )
         return result.modified_count == 1
+
+    async def retention_candidates(
+        self, export_type: ExportType, finished_before: datetime, limit: int
+    ) -> list[Export]:
+        """Unpurged FINISHED exports of one type that finished before the cutoff, oldest first."""
+        cursor = self._exports.find(
+            {
+                "status": ExportStatus.FINISHED.value,
+                "exportType": export_type.value,
+                "purged": None,
+                "date.finished": {"$lt": finished_before},
+            },
+            sort=[("date.finished", ASCENDING)],
+            limit=limit,
+            # The embedded server would not pick the partial index by itself.
+            hint="retention",
+        )
+        return [Export.from_doc(doc) async for doc in cursor]
 
     async def get(self, export_id: str) -> Export | None:
         doc = await self._exports.find_one({"_id": export_id})

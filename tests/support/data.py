@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
-from export_service.models import Export, ExportType
+from export_service.models import Export, ExportStatus, ExportType, utcnow
 from export_service.runtime import Services
 
 Doc = dict[str, Any]
@@ -110,6 +111,36 @@ async def queue_exports(services: Services, n: int, export_type: ExportType) -> 
         )
         created.append(export)
     return created
+
+
+async def stored_export(
+    services: Services,
+    campaign_id: str,
+    export_type: ExportType,
+    objects: list[tuple[str, str]],
+    *,
+    status: ExportStatus = ExportStatus.FINISHED,
+    finished: datetime | None = None,
+    body: bytes = b"a,b\r\n",
+) -> str:
+    """An export document written directly, with its objects really in S3; a FINISHED one
+    finished at `finished` (default now)."""
+    # Unique per call: several are written within one millisecond (utcnow() has ms precision).
+    export_id = f"{campaign_id}-{export_type.value}-{len(objects)}-{uuid.uuid4().hex[:12]}"
+    files = []
+    for bucket, key in objects:
+        await services.storage.client.put_object(Bucket=bucket, Key=key, Body=body)
+        files.append({"bucket": bucket, "key": key, "acl": "private", "rows": 1,
+                      "bytes": len(body), "sha256": "0" * 64})  # fmt: skip
+    date: Doc = {"created": utcnow()}
+    if status is ExportStatus.FINISHED:
+        date["finished"] = finished or date["created"]
+    await services.db["exports"].insert_one(
+        {"_id": export_id, "campaignId": campaign_id, "campaignName": "Tour",
+         "exportType": export_type.value, "status": status.value, "requesterUserId": "admin",
+         "date": date, "progress": {"processed": 1}, "files": files}
+    )  # fmt: skip
+    return export_id
 
 
 async def seed_big_entries(services: Services, n: int = 60) -> None:

@@ -230,6 +230,7 @@ COMPLETE_MPU = "CompleteMultipartUpload"
 ABORT_MPU = "AbortMultipartUpload"
 PUT_OBJECT = "PutObject"
 GET_OBJECT = "GetObject"
+DELETE_OBJECTS = "DeleteObjects"
 OTHER = "other"
 
 OPERATIONS: tuple[str, ...] = (
@@ -239,6 +240,7 @@ OPERATIONS: tuple[str, ...] = (
     ABORT_MPU,
     PUT_OBJECT,
     GET_OBJECT,
+    DELETE_OBJECTS,
     OTHER,
 )
 
@@ -288,7 +290,8 @@ def classify_s3_request(
     if path is not None:
         _, _, key = path.lstrip("/").partition("/")
         if not key:
-            return OTHER  # bucket-level operation
+            # A bucket-level operation; the batched delete is the one told apart.
+            return DELETE_OBJECTS if m == "POST" and "delete" in keys else OTHER
     plain_object = all(k in _OBJECT_QUERY_KEYS or k.startswith("response-") for k in keys)
     if m == "PUT" and plain_object and "partNumber" not in keys and not is_copy:
         return PUT_OBJECT
