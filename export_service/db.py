@@ -64,6 +64,18 @@ SOURCE_INDEXES: dict[str, list[IndexModel]] = {
             ],
             name="campaign_selected_user_id",
         ),
+        # waitlist with a market filter (contract §12): one range per listed market, merged in
+        # user order by the server, so the merge join needs no sort stage.
+        IndexModel(
+            [
+                ("campaignId", ASCENDING),
+                ("selected", ASCENDING),
+                ("marketId", ASCENDING),
+                ("userId", ASCENDING),
+                ("_id", ASCENDING),
+            ],
+            name="campaign_selected_market_user_id",
+        ),
     ],
     "codes": [
         IndexModel([("campaignId", ASCENDING), ("_id", ASCENDING)], name="campaign_id"),
@@ -72,6 +84,17 @@ SOURCE_INDEXES: dict[str, list[IndexModel]] = {
         IndexModel(
             [("campaignId", ASCENDING), ("assignedTo", ASCENDING), ("_id", ASCENDING)],
             name="campaign_assigned_id",
+        ),
+        # codeAssignments with a market filter (contract §12): the listed markets' codes only,
+        # one range per market merged in user order.
+        IndexModel(
+            [
+                ("campaignId", ASCENDING),
+                ("marketId", ASCENDING),
+                ("assignedTo", ASCENDING),
+                ("_id", ASCENDING),
+            ],
+            name="campaign_market_assigned_id",
         ),
         IndexModel(
             [

@@ -17,9 +17,11 @@ from export_service.models import Export, ExportFilters, ExportType
 
 Doc = dict[str, Any]
 
-# The types whose rows come from `entries` (tests/test_filters.py checks this against the specs'
-# sources). The joined types (codeAssignments, codeWaves, waitlist) read entries only for contact
-# fields: their rows come from codes or scoring records, so the filters are refused for them.
+# The types that read entries (tests/test_filters.py checks this against the specs): those
+# whose rows come from `entries`, and the joined types (codeAssignments, codeWaves, waitlist),
+# whose rows come from codes or scoring records joined to their users' entries. A joined row is
+# kept only when its user has an entry that passes the filters (see exporters/contacts.py).
+# `codes` and `scoring` read no entries, so filters are refused for them.
 FILTERABLE_TYPES = frozenset(
     {
         ExportType.ENTRIES,
@@ -32,6 +34,9 @@ FILTERABLE_TYPES = frozenset(
         ExportType.REMINDER_EMAIL_SAMPLE,
         ExportType.AUTO_REMINDER_EMAIL,
         ExportType.PROMOTER_EMAIL_OPT_IN,
+        ExportType.CODE_ASSIGNMENTS,
+        ExportType.CODE_WAVES,
+        ExportType.WAITLIST,
     }
 )
 
@@ -95,3 +100,11 @@ def entry_clauses(export: Export, *, markets: bool = True) -> Doc:
     if markets and export.filters is not None and export.filters.market_ids:
         clauses["marketId"] = {"$in": list(export.filters.market_ids)}
     return clauses
+
+
+def market_clause(export: Export) -> Doc:
+    """`{marketId: {$in: listed}}` for a source whose documents carry their own market (codes,
+    scoring records); empty without a market filter."""
+    if export.filters is None or not export.filters.market_ids:
+        return {}
+    return {"marketId": {"$in": list(export.filters.market_ids)}}

@@ -93,8 +93,11 @@ OPERATIONS: tuple[Operation, ...] = (
         "exportType, dateKey, includeAllMarkets and filters, market ids as a set and dates as "
         "UTC instants) that is still `PENDING` or `TRIGGERED` is answered with that export and "
         "`200` instead. `filters` narrow a type that reads entries to some markets and a "
-        "`date.created` range `[createdFrom, createdTo)`; every such export is also cut at its "
-        "start (no entry created after `date.triggered`). A rejected request writes nothing.",
+        "`date.created` range `[createdFrom, createdTo)` (`codeAssignments`, `codeWaves` and "
+        "`waitlist`: a code or scoring record of a listed market whose user has such an entry); "
+        "every such export is also cut at its start (no entry created after `date.triggered`). "
+        "`codes` and `scoring` read no entries and take no filters. A rejected request writes "
+        "nothing.",
         (
             Answer(202, "Created: the new `PENDING` export.", ExportView),
             Answer(200, "The identical export already `PENDING` or `TRIGGERED`.", ExportView),

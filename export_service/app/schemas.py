@@ -165,8 +165,7 @@ class CreateExport(BaseModel):
             raise ValueError(CODE_WAVES_NEED_DATE)
         if self.filters is not None and self.exportType not in FILTERABLE_TYPES:
             raise ValueError(
-                f"filters do not apply to {self.exportType.value}: its rows do not come from "
-                "entries"
+                f"filters do not apply to {self.exportType.value}: it reads no entries"
             )
         return self
 

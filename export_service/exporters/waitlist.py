@@ -11,6 +11,10 @@ for 409,000 members on the same server) and costs ~110 bytes per distinct member
 ~50 MB for 450,000 ids, the most one 16 MB wave document can hold. That memory follows the
 SCHEDULED waves, not the campaign's size, and no wave is ever loaded per row or per batch. SENT
 and CANCELLED waves do not exclude anyone.
+
+With filters (contract §12) a record is written when its own market is listed (with
+`marketIds`) and its user has an entry that passes the filters; the contact fields come from the
+earliest such entry.
 """
 
 from __future__ import annotations
@@ -19,10 +23,14 @@ from export_service.encoding.formatting import cell, text
 from export_service.exporters.contacts import (
     close_contacts,
     contact_of,
+    count_joined,
+    filtered,
+    keeps,
     sorted_contacts,
     user_ids,
 )
 from export_service.exporters.spec import Context, Doc, ExporterSpec, Row, Source
+from export_service.filters import market_clause
 from export_service.models import ExportType
 
 WAITLIST_COLUMNS = (
@@ -45,7 +53,9 @@ _JOIN = "waitlist_contacts"
 
 
 def _waitlist_filter(ctx: Context) -> Doc:
-    return {"campaignId": ctx.campaign_id, "selected": False}
+    # A market filter reads scoring (campaignId, selected, marketId, userId, _id): one range per
+    # listed market, merged in user order; without one, (campaignId, selected, userId, _id).
+    return {"campaignId": ctx.campaign_id, "selected": False, **market_clause(ctx.export)}
 
 
 def _scheduled_waves(ctx: Context) -> Doc:
@@ -74,6 +84,8 @@ async def _waitlist_rows(ctx: Context, records: list[Doc]) -> list[Row]:
     rows: list[Row] = []
     for record in kept:
         user_id = record.get("userId")
+        if not keeps(ctx, contacts, user_id):
+            continue
         market_id = record.get("marketId")
         fields = contact_of(contacts, user_id)
         rows.append(
@@ -96,12 +108,25 @@ async def _finish(ctx: Context) -> list[Row]:
     return []
 
 
+# User order (index campaign_selected_user_id), so the contact join is a merge join.
+_SOURCE = Source(
+    "scoring",
+    _waitlist_filter,
+    {"userId": 1, "marketId": 1, "score": 1},
+    (("userId", 1), ("_id", 1)),
+)
+
+
 async def _count_waitlist(ctx: Context) -> int:
     """Exact: the campaign's non-selected records minus those of SCHEDULED members.
 
     One index count plus one count per `batch_size` members, both on the scoring index
     (campaignId, selected, userId): the cost follows the SCHEDULED waves, not the campaign.
     """
+    if filtered(ctx):
+        # Which users have a qualifying entry is known only from the entries: the merge join
+        # over user ids, the SCHEDULED members skipped as in the export.
+        return await count_joined(ctx, _SOURCE, "userId", _scheduled_members(ctx).__contains__)
     scoring = ctx.db["scoring"]
     source = _waitlist_filter(ctx)
     total = await scoring.count_documents(source)
@@ -117,13 +142,7 @@ async def _count_waitlist(ctx: Context) -> int:
 
 WAITLIST = ExporterSpec(
     export_type=ExportType.WAITLIST,
-    # User order (index campaign_selected_user_id), so the contact join is a merge join.
-    source=Source(
-        "scoring",
-        _waitlist_filter,
-        {"userId": 1, "marketId": 1, "score": 1},
-        (("userId", 1), ("_id", 1)),
-    ),
+    source=_SOURCE,
     columns=lambda ctx: WAITLIST_COLUMNS,
     transform=_waitlist_rows,
     finish=_finish,
