@@ -25,7 +25,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import json
+import statistics
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -57,30 +62,39 @@ from export_service.settings import Settings
 CAMPAIGN = "bench-campaign"
 ENTRIES_CHECKED = 2_000
 TARGET_RATIO = 1.25
-# One plain CSV type, one ZIP type, one joined type.
-DEFAULT_TYPES = ["entries", "reminderEmail", "codeAssignments"]
 
 
 class Reads(monitoring.CommandListener):
-    """The reads of source collections sent while `on` is set (queue bookkeeping left out)."""
+    """The reads of source collections sent while `on` is set (queue bookkeeping left out), and
+    how long the server took for the preliminary count among them."""
 
     def __init__(self, database: str) -> None:
         self.database = database
         self.on = False
         self.commands: list[tuple[str, dict[str, Any]]] = []
+        self.count_seconds = 0.0
+        self._counts: set[int] = set()
+
+    def reset(self) -> None:
+        self.commands, self.count_seconds, self._counts = [], 0.0, set()
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         name = event.command_name
         if not self.on or event.database_name != self.database or name not in READS:
             return
         if event.command[name] != "exports":
-            self.commands.append((name, copy.deepcopy(dict(event.command))))
+            command = copy.deepcopy(dict(event.command))
+            self.commands.append((name, command))
+            if is_count(name, command):
+                self._counts.add(event.request_id)
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        return None
+        if event.request_id in self._counts:
+            self._counts.discard(event.request_id)
+            self.count_seconds += event.duration_micros / 1e6
 
     def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        return None
+        self._counts.discard(event.request_id)
 
 
 READS = ("find", "aggregate")
@@ -214,6 +228,111 @@ async def recording_matches_server(services: Services, entries: int) -> bool:
     return served == [project(doc, projection) for doc in expected[: len(served)]]
 
 
+async def naive(uri: str, db: str, s3: str, bucket: str) -> dict[str, Any]:
+    """bench/naive.py in a process of its own (its time is measured inside it)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.naive", "--uri", uri, "--db", db, "--campaign", CAMPAIGN,
+        "--s3", s3, "--bucket", bucket, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"bench.naive exited {process.returncode}")
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+async def measure(
+    services: Services,
+    reads: Reads,
+    args: argparse.Namespace,
+    export_type: ExportType,
+    date_key: str | None,
+    attempt: int,
+    s3: str,
+) -> dict[str, Any]:
+    """One attempt: the export, the drain of its reads, its count alone and (for `entries`)
+    the naive script, back to back, in an order that rotates with the attempt (whatever runs
+    first or last in a series is not always the same one)."""
+    load_before = load()
+    settings = services.settings
+    exported: dict[str, Any] = {}
+    drained: dict[str, Any] = {}
+    result: dict[str, Any] = {"type": export_type.value, "attempt": attempt + 1}
+
+    async def run_export() -> None:
+        reads.on = True
+        reads.reset()
+        exported.update(await export(services, export_type, date_key))
+        reads.on = False
+        exported["count_seconds"] = round(reads.count_seconds, 3)
+
+    async def run_drain() -> None:
+        # The export's reads; on the first attempt the export must come first to have them.
+        drained.update(await drain(services, reads.commands))
+        drained["count_seconds"] = await count_seconds(services, export_type, date_key)
+
+    async def run_naive() -> None:
+        uri = settings.mongo_uri.get_secret_value() if settings.mongo_uri else ""
+        result["naive"] = await naive(uri, settings.mongo_db, s3, settings.bucket_exports)
+
+    steps = [run_export, run_drain]
+    if export_type is ExportType.ENTRIES and not args.no_naive:
+        steps.append(run_naive)
+    if attempt > 0:  # the drain needs the reads of an export: the first attempt starts with it
+        shift = attempt % len(steps)
+        steps = steps[shift:] + steps[:shift]
+    for step in steps:
+        await step()
+    without = exported["seconds"] - exported["count_seconds"]
+    result.update(
+        drain=drained,
+        export=exported,
+        ratio=round(exported["seconds"] / drained["seconds"], 3),
+        ratio_without_count=round(without / drained["seconds"], 3),
+        load_before=load_before,
+        load_after=load(),
+    )
+    if "naive" in result:
+        result["naive"]["ratio"] = round(result["naive"]["seconds"] / drained["seconds"], 3)
+    return result
+
+
+def _median(
+    runs: list[dict[str, Any]], get: Callable[[dict[str, Any]], float | None]
+) -> float | None:
+    values = [v for r in runs if (v := get(r)) is not None]
+    return round(statistics.median(values), 3) if values else None
+
+
+def summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per type, the medians over its attempts."""
+    out: list[dict[str, Any]] = []
+    for name in dict.fromkeys(r["type"] for r in runs if "skipped" not in r):
+        mine = [r for r in runs if r["type"] == name and "skipped" not in r]
+
+        def med(get: Callable[[dict[str, Any]], float | None], mine: Any = mine) -> float | None:
+            return _median(mine, get)
+
+        out.append(
+            {
+                "type": name,
+                "attempts": len(mine),
+                "drain_seconds": med(lambda r: r["drain"]["seconds"]),
+                "documents_drained": mine[0]["drain"]["documents"],
+                "count_in_export_seconds": med(lambda r: r["export"]["count_seconds"]),
+                "count_alone_seconds": med(lambda r: r["drain"]["count_seconds"]),
+                "export_seconds": med(lambda r: r["export"]["seconds"]),
+                "rows": mine[0]["export"]["rows"],
+                "files": mine[0]["export"]["files"],
+                "ratio": med(lambda r: r["ratio"]),
+                "ratio_without_count": med(lambda r: r["ratio_without_count"]),
+                "naive_ratio": med(lambda r: r["naive"]["ratio"] if "naive" in r else None),
+                "loads": [r["load_before"][0] for r in mine],
+            }
+        )
+    return out
+
+
 async def run(args: argparse.Namespace, uri: str, s3: str) -> dict[str, Any]:
     settings = Settings(
         mongo_uri=uri,
@@ -246,6 +365,8 @@ async def run(args: argparse.Namespace, uri: str, s3: str) -> dict[str, Any]:
         results["recording_matches_server"] = await recording_matches_server(services, args.entries)
         print(f"pipeline recording matches the server: {results['recording_matches_server']}")
         wave = await services.db["codes"].find_one({"waveDateKey": {"$ne": None}})
+        if services.encoders is not None:
+            await services.encoders.start()  # as a worker's loop does when it starts
         runs: list[dict[str, Any]] = []
         for name in args.types:
             export_type = ExportType(name)
@@ -256,35 +377,20 @@ async def run(args: argparse.Namespace, uri: str, s3: str) -> dict[str, Any]:
                 wave["waveDateKey"] if wave and export_type is ExportType.CODE_WAVES else None
             )
             for attempt in range(args.repeat):
-                load_before = load()
-                reads.on, reads.commands = True, []
-                exported = await export(services, export_type, date_key)
-                reads.on = False
-                drained = await drain(services, reads.commands)
-                drained["count_seconds"] = await count_seconds(services, export_type, date_key)
-                ratio = round(exported["seconds"] / drained["seconds"], 2)
-                count = drained["count_seconds"] or 0.0
-                exported["ratio_without_count"] = round(
-                    (exported["seconds"] - count) / drained["seconds"], 2
-                )
                 runs.append(
-                    {
-                        "type": name,
-                        "attempt": attempt + 1,
-                        "drain": drained,
-                        "export": exported,
-                        "ratio": ratio,
-                        "target_met": ratio <= TARGET_RATIO,
-                        "load_before": load_before,
-                        "load_after": load(),
-                    }
+                    await measure(services, reads, args, export_type, date_key, attempt, s3)
                 )
+                r = runs[-1]
                 print(
-                    f"  {name}: drain {drained['seconds']} s, export {exported['seconds']} s, "
-                    f"ratio {ratio}",
+                    f"  {name} #{attempt + 1}: drain {r['drain']['seconds']} s, export "
+                    f"{r['export']['seconds']} s (count in it {r['export']['count_seconds']} s), "
+                    f"ratio {r['ratio']} / without count {r['ratio_without_count']}"
+                    + (f", naive {r['naive']['ratio']}" if "naive" in r else "")
+                    + f", load {r['load_before'][0]}",
                     flush=True,
                 )
         results["runs"] = runs
+        results["summary"] = summary(runs)
         if args.data_dir is None:
             await services.client.drop_database(settings.mongo_db)
     results["bench_process_peak_rss_mb"] = peak_rss_mb()
@@ -294,8 +400,9 @@ async def run(args: argparse.Namespace, uri: str, s3: str) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--entries", type=int, default=100_000)
-    parser.add_argument("--types", nargs="+", default=DEFAULT_TYPES)
-    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--types", nargs="+", default=[t.value for t in EXPORTERS])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--no-naive", action="store_true", help="skip bench/naive.py")
     parser.add_argument(
         "--data-dir", type=Path, help="keep the database here and reuse its seeded campaign"
     )
@@ -305,27 +412,21 @@ def main() -> None:
     info = machine()
     with secantus_server(args.data_dir) as uri, moto_server() as s3:
         results = asyncio.run(run(args, uri, s3))
-    headers = ["type", "drain s", "docs drained", "count s", "export s", "rows", "files", "MB",
-               "export/drain", "<= 1.25", "(export-count)/drain", "load before",
-               "load after"]  # fmt: skip
-    body = []
-    for r in results["runs"]:
-        if "skipped" in r:
-            body.append([r["type"], "skipped: " + r["skipped"], *[""] * 11])
-            continue
-        body.append(
-            [r["type"], r["drain"]["seconds"], r["drain"]["documents"],
-             "-" if r["drain"]["count_seconds"] is None else r["drain"]["count_seconds"],
-             r["export"]["seconds"],
-             r["export"]["rows"], r["export"]["files"], round(r["export"]["bytes"] / 1e6, 1),
-             r["ratio"], "yes" if r["target_met"] else "NO", r["export"]["ratio_without_count"],
-             " ".join(map(str, r["load_before"])), " ".join(map(str, r["load_after"]))]
-        )  # fmt: skip
+    headers = ["type", "attempts", "drain s", "docs drained", "count s (in export)", "export s",
+               "rows", "files", "export/drain", "(export-count)/drain", "naive/drain",
+               "load before"]  # fmt: skip
+    body = [
+        [r["type"], r["attempts"], r["drain_seconds"], r["documents_drained"],
+         "-" if not r["count_in_export_seconds"] else r["count_in_export_seconds"],
+         r["export_seconds"], r["rows"], r["files"], r["ratio"], r["ratio_without_count"],
+         "-" if r["naive_ratio"] is None else r["naive_ratio"],
+         " ".join(map(str, r["loads"]))]
+        for r in results["summary"]
+    ]  # fmt: skip
     print(machine_table(info))
     print(f"seed: {results['entries']:,} entries in {results['seed']['seconds']} s")
-    print(
-        table(f"end to end on the embedded servers ({results['entries']:,} entries)", headers, body)
-    )
+    title = f"end to end on the embedded servers ({results['entries']:,} entries), medians"
+    print(table(title, headers, body))
     path = write_results(args.results, {"machine": info, **results}, args.write_results)
     print(f"results: {path}")
 

@@ -135,7 +135,8 @@ async def one_export(
 async def run(args: argparse.Namespace, uri: str, s3: str, spool: Path) -> dict[str, Any]:
     settings = Settings(
         mongo_uri=uri,
-        mongo_db=f"bench_partitioned_{os.getpid()}",
+        # A kept --data-dir keeps its campaigns under one name; else one database per run.
+        mongo_db="bench_partitioned" if args.data_dir else f"bench_partitioned_{os.getpid()}",
         spool_dir=spool,
         encoder_processes=0,
         polling_interval_millis=50,
@@ -144,6 +145,8 @@ async def run(args: argparse.Namespace, uri: str, s3: str, spool: Path) -> dict[
     )
     results: list[dict[str, Any]] = []
     async with Services.open(settings, create_buckets=True) as services:
+        # A kept database may hold the unfinished exports of a stopped run: not ours to run.
+        await services.db["exports"].delete_many({"status": {"$in": ["PENDING", "TRIGGERED"]}})
         for partitions in args.partitions:
             campaign = f"bench-{partitions}-{args.entries}"
             plan = SeedPlan(
@@ -153,7 +156,11 @@ async def run(args: argparse.Namespace, uri: str, s3: str, spool: Path) -> dict[
                 promoters=partitions,
                 sms_waves=0,
             )
-            await seed(services.db, plan)
+            seeded = await services.db["entries"].count_documents({"campaignId": campaign})
+            if seeded != args.entries:  # else a kept --data-dir holds this campaign already
+                started = time.perf_counter()
+                await seed(services.db, plan)
+                print(f"seeded {campaign} in {time.perf_counter() - started:.0f} s", flush=True)
             for _ in range(args.repeat):
                 before = load()
                 runs = [await one_export(services, settings, campaign, t) for t in TYPES]
@@ -173,7 +180,9 @@ async def run(args: argparse.Namespace, uri: str, s3: str, spool: Path) -> dict[
                         flush=True,
                     )
                 results.extend(runs)
-        await services.client.drop_database(settings.mongo_db)
+        # Exports of earlier runs in a kept database are history, as any service has.
+        if args.data_dir is None:
+            await services.client.drop_database(settings.mongo_db)
     return {"entries": args.entries, "results": results}
 
 
@@ -214,6 +223,9 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=10_000)
     parser.add_argument("--partitions", type=int, nargs="+", default=[2, 8, 24, 64])
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument(
+        "--data-dir", type=Path, help="keep the database here and reuse its seeded campaigns"
+    )
     parser.add_argument("--plot", type=Path, help="draw ratio vs partitions to this PNG")
     parser.add_argument("--name", default=None, help="results file name (NAME.json)")
     add_results_flag(parser)
@@ -221,7 +233,7 @@ def main() -> None:
     info = machine()
     started = time.time()
     with (
-        secantus_server() as uri,
+        secantus_server(args.data_dir) as uri,
         moto_server() as s3,
         tempfile.TemporaryDirectory(prefix="bench-spool-") as spool,
     ):
