@@ -573,7 +573,9 @@ async def test_failed_objects_export_deletes_completed_objects(
         env.proxy.fail_always(403, "AccessDenied", match=third_put)
         done = await run(services, ExportType.AUTO_REMINDER_EMAIL)
         assert done.status is ExportStatus.FAILED
-        assert len(puts) == 3  # two objects were complete when the third one failed
+        # The third object starts once one of the first two is complete (two completions at
+        # once, S3_UPLOAD_CONCURRENCY), and a fourth may be under way when the third fails.
+        assert len(puts) in (3, 4)
         assert await object_keys(env.direct, sfmc) == []
         assert await multipart_uploads(env.direct, sfmc) == []
         assert list(tmp_path.iterdir()) == []

@@ -331,12 +331,20 @@ class ZipSink(PartitionedSink):
 
 
 class ObjectsSink(PartitionedSink):
-    """Each file its own CSV object, keyed by the spec (autoReminderEmail)."""
+    """Each file its own CSV object, keyed by the spec (autoReminderEmail).
+
+    An object is completed (a PutObject, or the multipart completion) while the next ones are
+    read from the spool, up to `S3_UPLOAD_CONCURRENCY` at once: an SFMC export is dozens of
+    small objects, and each completion waits for S3 and for the run's records in MongoDB.
+    Memory: that many objects' unsent bytes (each under one part) at most.
+    """
 
     def __init__(self, spec: ExporterSpec, ctx: Context, target: SinkTarget) -> None:
         super().__init__(spec, ctx, target)
         self._writers: list[ObjectWriter] = []
-        self._files: list[StoredFile] = []
+        self._files: list[StoredFile | None] = []
+        self._closing: set[asyncio.Task[None]] = set()
+        self._concurrency = ctx.settings.s3_upload_concurrency
 
     async def _open(self, name: str) -> None:
         self._writers.append(self._target.open_writer(name, CSV_TYPE))
@@ -345,14 +353,40 @@ class ObjectsSink(PartitionedSink):
         await self._writers[-1].write(data)
 
     async def _end(self, rows: int) -> None:
-        written = await self._writers[-1].close()
-        self._files.append(self._target.stored(written, rows))
+        while len(self._closing) >= self._concurrency:
+            await self._settle(asyncio.FIRST_COMPLETED)
+        self._files.append(None)
+        closing = asyncio.create_task(self._close(self._writers[-1], rows, len(self._files) - 1))
+        self._closing.add(closing)
+
+    async def _close(self, writer: ObjectWriter, rows: int, index: int) -> None:
+        written = await writer.close()
+        self._files[index] = self._target.stored(written, rows)
+
+    async def _settle(self, until: str) -> None:
+        """Wait for completions (the first, or all); a failed one fails the export here."""
+        done, self._closing = await asyncio.wait(self._closing, return_when=until)
+        failures = [exc for task in done if (exc := task.exception()) is not None]
+        if failures:
+            raise failures[0]
 
     async def _finish(self) -> list[StoredFile]:
-        return list(self._files)
+        while self._closing:
+            await self._settle(asyncio.ALL_COMPLETED)
+        files = [f for f in self._files if f is not None]
+        assert len(files) == len(self._files)  # every completion ended, in file order
+        return files
 
     async def _abort(self) -> None:
         """Remove every object of the run, completed ones included: a failed export has none."""
+        # Completions in flight end first, never cancelled: they may be inside a driver call
+        # (see `queue.worker`), and each is bounded (S3 writes are cut short on a halt).
+        closing, self._closing = self._closing, set()
+        if closing:
+            await asyncio.wait(closing)
+            for task in closing:
+                if not task.cancelled():
+                    task.exception()  # retrieved: the abort below removes what it wrote
         failure: BaseException | None = None
         for writer in self._writers:
             try:
