@@ -64,7 +64,7 @@ from export_service.dev.seed import SeedPlan, generate
 from export_service.encoding.formatting import cell, date, text, upper
 from export_service.encoding.processes import EncoderProcesses, default_processes
 from export_service.exporters.entries import ENTRIES, entry_columns
-from export_service.exporters.runner import run_export
+from export_service.exporters.runner import Unsupervised, run_export
 from export_service.exporters.spec import Context, Source
 from export_service.models import Export, ExportStatus, ExportType
 from export_service.settings import Settings
@@ -336,20 +336,11 @@ async def _child(variant: str, rows: int, recordings: Path, endpoint: str) -> di
             # Markets are in the context already and counting needs a database: both off.
             spec = dataclasses.replace(ENTRIES, needs_markets=False, count=None, prepare=None)
 
-            def open_writer(bucket: str, key: str, acl: str | None, content_type: str) -> Any:
-                return storage.writer(
-                    bucket, key, acl=acl, content_type=content_type, on_start=_no_op
-                )
-
-            async def ignore(n: int) -> None:
-                return None
-
             files, count = await run_export(
                 spec,
                 ctx,
-                open_writer=open_writer,
-                on_total=ignore,
-                on_progress=ignore,
+                Unsupervised(),
+                storage,
                 read=_replayer(batches, rows, settings.batch_size),
                 encoders=encoders,
             )

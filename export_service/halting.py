@@ -1,7 +1,7 @@
 """Awaiting work that a stop request may cut short (a run being cancelled, timed out, shut down).
 
 Only for work that is safe to cancel (S3 calls, test hooks): a driver call is never raced
-against a halt, because cancelling a task inside pymongo can wedge the process (see worker.py).
+against a halt, because cancelling a task inside pymongo can wedge the process (see `queue.run`).
 """
 
 from __future__ import annotations

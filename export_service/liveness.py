@@ -59,7 +59,7 @@ class Liveness:
         """Ping MongoDB every `interval` until `stop` is set, ticking after each answer.
 
         Stopped by the event, never cancelled: a task cancelled inside a driver call can leave
-        the driver's own locks held on Python 3.11 (see `Worker`), which is the wedge this
+        the driver's own locks held on Python 3.11 (see `queue.run`), which is the wedge this
         probe exists to detect. The ping is bounded by the driver's timeout (`ping_timeout`).
         """
         while not stop.is_set():

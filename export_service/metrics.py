@@ -190,7 +190,7 @@ for _stage in ("s3", "sweep"):
 
 async def refresh_queue(repository: ExportRepository) -> None:
     """Set the queue gauges from the database (bounded: a scrape must not hang)."""
-    # The driver's own timeout, not a cancel: see `queue.worker` on cancelling driver calls.
+    # The driver's own timeout, not a cancel: see `queue.run` on cancelling driver calls.
     with pymongo.timeout(2):
         counts = await repository.counts_by_status()
         oldest = await repository.oldest_pending_created()
@@ -201,7 +201,7 @@ async def refresh_queue(repository: ExportRepository) -> None:
 
 
 async def refresh_webhooks(outbox: Outbox) -> None:
-    # The driver's own timeout, not a cancel: see `queue.worker` on cancelling driver calls.
+    # The driver's own timeout, not a cancel: see `queue.run` on cancelling driver calls.
     with pymongo.timeout(2):
         stats = await outbox.stats()
     WEBHOOKS_PENDING.set(stats.pending)

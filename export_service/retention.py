@@ -17,7 +17,7 @@ it had not marked for the next sweep, which deletes and records them again harml
 export is never marked purged while one of its objects may remain.
 
 Like the worker loop, the sweep loop is stopped by an event and never cancelled: it may be
-inside a driver call (see `queue.worker`).
+inside a driver call (see `queue.run`).
 """
 
 from __future__ import annotations

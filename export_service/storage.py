@@ -33,7 +33,7 @@ log = structlog.get_logger(__name__)
 
 # Set by the worker inside a run: once set, the run's S3 writes in flight are cut short, so a
 # cancelled or expired run stops within moments even when S3 holds a request. (S3 calls may be
-# cancelled, unlike driver calls: see `queue.worker`.) Clean-up calls are never cut short.
+# cancelled, unlike driver calls: see `queue.run`.) Clean-up calls are never cut short.
 RUN_HALTED: ContextVar[asyncio.Event | None] = ContextVar("run_halted", default=None)
 _WRITES = frozenset(
     {"create_multipart_upload", "upload_part", "put_object", "complete_multipart_upload"}
@@ -252,11 +252,12 @@ class Storage:
         before_commit: Callable[[], Awaitable[None]] | None = None,
         on_checkpoint: CheckpointFn | None = None,
     ) -> ObjectWriter:
+        """A writer of one object; `acl` is applied as given (the runner decides it)."""
         return ObjectWriter(
             self,
             bucket,
             key,
-            acl=acl if self._settings.s3_acl_enabled else None,
+            acl=acl,
             content_type=content_type,
             part_size=self._settings.s3_part_size_bytes,
             concurrency=self._settings.s3_upload_concurrency,

@@ -15,7 +15,7 @@ import bson
 import pytest
 
 from export_service.encoding import formatting as f
-from export_service.exporters.runner import run_export
+from export_service.exporters.runner import Unsupervised, run_export
 from export_service.exporters.spec import Context, ExporterSpec, Source, campaign_filter
 from export_service.models import Export, ExportStatus, ExportType, StoredFile
 from export_service.runtime import Services
@@ -127,15 +127,11 @@ async def test_runner_reads_through_the_injected_reader_one_batch_ahead(
     ctx = Context(export=export, db=services.db, settings=services.settings, campaign={})
     sink = ListSink(log)
 
-    async def nothing(n: int) -> None:
-        return None
-
     _, count = await run_export(
         spec,
         ctx,
-        open_writer=lambda *args: None,  # type: ignore[arg-type]
-        on_total=nothing,
-        on_progress=nothing,
+        Unsupervised(),
+        services.storage,
         sink_factory=lambda spec, ctx, target: sink,
         read=read,
     )
@@ -177,16 +173,12 @@ async def test_a_failed_batch_closes_the_reader_and_aborts_the_sink(services: Se
     )
     ctx = Context(export=export, db=services.db, settings=services.settings, campaign={})
 
-    async def nothing(n: int) -> None:
-        return None
-
     with pytest.raises(RuntimeError, match="bad batch"):
         await run_export(
             spec,
             ctx,
-            open_writer=lambda *args: None,  # type: ignore[arg-type]
-            on_total=nothing,
-            on_progress=nothing,
+            Unsupervised(),
+            services.storage,
             sink_factory=lambda spec, ctx, target: ListSink(log),
             read=read,
         )

@@ -66,7 +66,7 @@ def create_app(
         ) as services:
             app[SERVICES] = services
             # The loops are ended by their events and awaited, never cancelled: any may be
-            # inside a driver call (see `queue.worker`).
+            # inside a driver call (see `queue.run`).
             probe_end = asyncio.Event()
             if run_worker:
                 app[WORKER_TASK] = asyncio.create_task(services.worker.run())

@@ -284,7 +284,7 @@ async def ready(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     checks: dict[str, str] = {}
     try:
-        # The driver's own timeout, not a cancel: see `queue.worker` on cancelling driver calls.
+        # The driver's own timeout, not a cancel: see `queue.run` on cancelling driver calls.
         with pymongo.timeout(2):
             await services.client.admin.command("ping")
         checks["mongodb"] = "ok"

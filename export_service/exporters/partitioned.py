@@ -380,7 +380,7 @@ class ObjectsSink(PartitionedSink):
     async def _abort(self) -> None:
         """Remove every object of the run, completed ones included: a failed export has none."""
         # Completions in flight end first, never cancelled: they may be inside a driver call
-        # (see `queue.worker`), and each is bounded (S3 writes are cut short on a halt).
+        # (see `queue.run`), and each is bounded (S3 writes are cut short on a halt).
         closing, self._closing = self._closing, set()
         if closing:
             await asyncio.wait(closing)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import Any, cast
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import Any, Protocol, cast
 
 import bson
 
@@ -15,26 +15,72 @@ from export_service.encoding.processes import EncoderProcesses
 from export_service.errors import NoMarketsFound
 from export_service.exporters.checkpoint import Checkpoint, resumable
 from export_service.exporters.layouts import SinkFactory, open_sink
-from export_service.exporters.sinks import CsvSink, SinkTarget
+from export_service.exporters.sinks import CsvSink, OpenWriter, Sink, SinkTarget
 from export_service.exporters.spec import Context, ExporterSpec, Layout, Source
 from export_service.models import StoredFile
-from export_service.storage import ObjectWriter, WriterState
+from export_service.storage import ObjectWriter, Storage, WriterState
 
-# (bucket, key, acl, content type) → a writer whose upload the worker tracks for clean-up.
-WriterFactory = Callable[[str, str, str | None, str], ObjectWriter]
-
-# (rows done so far) → awaited after every batch; the worker reports progress through it.
-ProgressFn = Callable[[int], Awaitable[None]]
-TotalFn = Callable[[int], Awaitable[None]]
 # (source, ctx) → the source's documents in raw BSON batches (concatenated documents, as
 # `find_raw_batches` gives them). The runner decodes them, so a replayed source (the
 # benchmark's) goes through the same decoding as the database cursor.
 BatchReader = Callable[[Source, Context], AsyncGenerator[bytes]]
-# Awaited with each new checkpoint of a resumable run (contract §14).
-CheckpointFn = Callable[[Checkpoint], Awaitable[None]]
-# Whether a failure only interrupts the run (it runs again and may resume), so that the upload
-# recorded on the export is left for the next run instead of aborted.
-InterruptedFn = Callable[[BaseException], bool]
+
+
+class RunControl(Protocol):
+    """The run an export is produced for: what the runner tells it and asks it.
+
+    Any method may raise to stop the export (lost, cancelled, asked to stop); the runner then
+    aborts what it wrote, unless `interrupted` says the run only stops and the export goes on.
+    """
+
+    @property
+    def checkpoints(self) -> bool:
+        """Whether a resumable run records a checkpoint per uploaded part (contract §14)."""
+        ...
+
+    async def total(self, rows: int) -> None:
+        """The rows the export will have (from the spec's count, or once all are known)."""
+
+    async def progress(self, rows: int) -> None:
+        """Rows done so far, after every batch."""
+
+    async def upload_started(self, bucket: str, key: str, upload_id: str | None) -> None:
+        """An object is about to be written: before its first byte, so it can be cleaned up."""
+
+    async def still_ours(self) -> None:
+        """Right before an object is made visible: raises if it must not be."""
+
+    async def checkpoint(self, checkpoint: Checkpoint) -> None:
+        """A new checkpoint of a resumable run."""
+
+    def interrupted(self, exc: BaseException) -> bool:
+        """Whether a failure only interrupts the run (it runs again and may resume), so that
+        the upload recorded on the export is left for the next run instead of aborted."""
+        ...
+
+
+class Unsupervised:
+    """A run nobody watches (the benchmark, pipeline tests): nothing recorded, no checkpoints."""
+
+    checkpoints = False
+
+    async def total(self, rows: int) -> None:
+        return None
+
+    async def progress(self, rows: int) -> None:
+        return None
+
+    async def upload_started(self, bucket: str, key: str, upload_id: str | None) -> None:
+        return None
+
+    async def still_ours(self) -> None:
+        return None
+
+    async def checkpoint(self, checkpoint: Checkpoint) -> None:
+        return None
+
+    def interrupted(self, exc: BaseException) -> bool:
+        return False
 
 
 def object_base_key(ctx: Context) -> str:
@@ -76,7 +122,7 @@ async def _read_ahead(batches: AsyncGenerator[bytes]) -> AsyncGenerator[bytes]:
             yield batch
     finally:
         # The batch asked for ahead is a driver call: let it end (it is bounded) rather than
-        # cancel it, which can leave the driver's locks held (see `queue.worker`).
+        # cancel it, which can leave the driver's locks held (see `queue.run`).
         await asyncio.wait({pending})
         if not pending.cancelled():
             pending.exception()  # retrieved: nobody wants that batch any more
@@ -129,26 +175,22 @@ async def load_markets(ctx: Context) -> None:
 async def run_export(
     spec: ExporterSpec,
     ctx: Context,
+    run: RunControl,
+    storage: Storage,
     *,
-    open_writer: WriterFactory,
-    on_total: TotalFn,
-    on_progress: ProgressFn,
     sink_factory: SinkFactory = open_sink,
     read: BatchReader = read_cursor,
     encoders: EncoderProcesses | None = None,
-    on_checkpoint: CheckpointFn | None = None,
     resume: Checkpoint | None = None,
-    interrupted: InterruptedFn | None = None,
 ) -> tuple[list[StoredFile], int]:
     """Stream the export to S3; returns its files and row count. Cleans up on any failure.
 
     `read` supplies each source's documents; the default is the database cursor. A spec with
     an encoder has its batches encoded by `encoders` when given, else in this process.
 
-    A resumable spec (`checkpoint.resumable`) with `on_checkpoint` reports a checkpoint per
-    uploaded part and, given `resume` (a checkpoint whose parts the caller checked on S3),
-    goes on from it. A failure that `interrupted` says is an interruption leaves the recorded
-    upload in place for the next run.
+    A resumable spec (`checkpoint.resumable`) of a run that `checkpoints` reports a checkpoint
+    per uploaded part and, given `resume` (a checkpoint whose parts the caller checked on S3),
+    goes on from it.
     """
     if spec.needs_markets:
         await load_markets(ctx)
@@ -157,75 +199,117 @@ async def run_export(
     if spec.prepare is not None:
         await spec.prepare(ctx)
     if spec.count is not None:
-        await on_total(await spec.count(ctx))
+        await run.total(await spec.count(ctx))
 
     settings = ctx.settings
     bucket = settings.bucket(spec.bucket)
+    # The one place the ACL is decided: what the object gets is what its file records.
     acl = spec.acl if settings.s3_acl_enabled else None
     target = SinkTarget(
         bucket=bucket,
         acl=acl,
         base_key=object_base_key(ctx),
         columns=list(spec.columns(ctx)),
-        open_writer=lambda key, content_type: open_writer(bucket, key, acl, content_type),
+        open_writer=_object_writers(run, storage, bucket, acl),
     )
     sink = sink_factory(spec, ctx, target)
-    codec_options = ctx.db.codec_options
+    checkpointed = run.checkpoints and resumable(spec) and isinstance(sink, CsvSink)
     rows_done = 0
-    checkpointed = on_checkpoint is not None and resumable(spec) and isinstance(sink, CsvSink)
     if checkpointed:
-        assert isinstance(sink, CsvSink) and on_checkpoint is not None
-        key = sink.key
-        save = on_checkpoint
-
-        async def checkpoint(state: WriterState) -> None:
-            await save(Checkpoint.of(bucket, key, state, ctx.export.date.get("triggered")))
-
-        sink.writer.on_checkpoint = checkpoint
-        if resume is not None:
-            sink.resume(resume.writer_state(), resume.rows)
-            rows_done = resume.rows
-            ctx.resume_after = resume.last_id
-            await on_progress(rows_done)
-
-    def batch_last_id(raw: bytes) -> Any:
-        if not checkpointed:
-            return None
-        return spec.source.document_id(bson.decode(last_document(raw), codec_options))
-
+        assert isinstance(sink, CsvSink)
+        rows_done = await _start_checkpoints(run, sink, ctx, resume)
     try:
-        # Whole batches at a time: one await per batch instead of one per document. Closed
-        # at once on failure, so the batch asked for ahead and the cursor go with it.
-        async with contextlib.aclosing(_read_ahead(read(spec.source, ctx))) as batches:
-            if spec.encoder is not None:
-                assert isinstance(sink, CsvSink)  # an encoder's spec has the CSV layout
-                encoded = _encoded(batches, spec.encoder(ctx), encoders, batch_last_id)
-                async with contextlib.aclosing(encoded) as encoded_batches:
-                    async for batch, last_id in encoded_batches:
-                        rows_done += batch.rows
-                        await sink.write_encoded(batch, (rows_done, last_id))
-                        await on_progress(rows_done)
-            else:
-                assert spec.transform is not None
-                async for raw in batches:
-                    rows = await spec.transform(ctx, bson.decode_all(raw, codec_options))
-                    await sink.write(rows)
-                    rows_done += len(rows)
-                    await on_progress(rows_done)
-        if spec.finish is not None:
-            rows = await spec.finish(ctx)
-            await sink.write(rows)
-            rows_done += len(rows)
-            await on_progress(rows_done)
-        if spec.layout is not Layout.CSV and spec.count is None:
-            # The files are written from the spool now: their rows are all known.
-            await on_total(rows_done)
+        await _write_rows(spec, ctx, run, sink, read, encoders, rows_done, checkpointed)
         files = await sink.close()
     except BaseException as exc:
-        if checkpointed and interrupted is not None and interrupted(exc):
+        if checkpointed and run.interrupted(exc):
             assert isinstance(sink, CsvSink)
             await sink.abort(keep_recorded=True)
         else:
             await sink.abort()
         raise
     return files, sum(f.rows for f in files)
+
+
+def _object_writers(run: RunControl, storage: Storage, bucket: str, acl: str | None) -> OpenWriter:
+    """Writers whose uploads the run records before their first byte, and that ask the run
+    whether the export is still its own right before making an object visible."""
+
+    def open_writer(key: str, content_type: str) -> ObjectWriter:
+        async def started(upload_id: str | None) -> None:
+            await run.upload_started(bucket, key, upload_id)
+
+        return storage.writer(
+            bucket,
+            key,
+            acl=acl,
+            content_type=content_type,
+            on_start=started,
+            before_commit=run.still_ours,
+        )
+
+    return open_writer
+
+
+async def _start_checkpoints(
+    run: RunControl, sink: CsvSink, ctx: Context, resume: Checkpoint | None
+) -> int:
+    """Report the sink's checkpoints to the run and go on from `resume`; the rows done."""
+    bucket, key = sink.writer.bucket, sink.key
+
+    async def checkpoint(state: WriterState) -> None:
+        await run.checkpoint(Checkpoint.of(bucket, key, state, ctx.export.date.get("triggered")))
+
+    sink.writer.on_checkpoint = checkpoint
+    if resume is None:
+        return 0
+    sink.resume(resume.writer_state(), resume.rows)
+    ctx.resume_after = resume.last_id
+    await run.progress(resume.rows)
+    return resume.rows
+
+
+async def _write_rows(
+    spec: ExporterSpec,
+    ctx: Context,
+    run: RunControl,
+    sink: Sink,
+    read: BatchReader,
+    encoders: EncoderProcesses | None,
+    rows_done: int,
+    checkpointed: bool,
+) -> None:
+    """Every row into the sink (not closed), with the run told of progress after each batch."""
+    codec_options = ctx.db.codec_options
+
+    def batch_last_id(raw: bytes) -> Any:
+        if not checkpointed:
+            return None
+        return spec.source.document_id(bson.decode(last_document(raw), codec_options))
+
+    # Whole batches at a time: one await per batch instead of one per document. Closed at once
+    # on failure, so the batch asked for ahead and the cursor go with it.
+    async with contextlib.aclosing(_read_ahead(read(spec.source, ctx))) as batches:
+        if spec.encoder is not None:
+            assert isinstance(sink, CsvSink)  # an encoder's spec has the CSV layout
+            encoded = _encoded(batches, spec.encoder(ctx), encoders, batch_last_id)
+            async with contextlib.aclosing(encoded) as encoded_batches:
+                async for batch, last_id in encoded_batches:
+                    rows_done += batch.rows
+                    await sink.write_encoded(batch, (rows_done, last_id))
+                    await run.progress(rows_done)
+        else:
+            assert spec.transform is not None
+            async for raw in batches:
+                rows = await spec.transform(ctx, bson.decode_all(raw, codec_options))
+                await sink.write(rows)
+                rows_done += len(rows)
+                await run.progress(rows_done)
+    if spec.finish is not None:
+        rows = await spec.finish(ctx)
+        await sink.write(rows)
+        rows_done += len(rows)
+        await run.progress(rows_done)
+    if spec.layout is not Layout.CSV and spec.count is None:
+        # The files are written from the spool now: their rows are all known.
+        await run.total(rows_done)

@@ -106,25 +106,21 @@ class PendingUpload:
         return cls(bucket=doc["bucket"], key=doc["key"], upload_id=doc.get("uploadId"))
 
 
-@dataclass(frozen=True, slots=True)
-class Reclaimed:
-    """A TRIGGERED export taken from a dead or late worker, with what it left in S3."""
-
-    export: Export
-    uploads: list[PendingUpload]
+def _uploads(doc: Doc) -> list[PendingUpload]:
+    """The uploads recorded on an export document."""
+    return [PendingUpload.from_doc(u) for u in doc.get("uploads") or []]
 
 
 @dataclass(frozen=True, slots=True)
 class ExportUploads:
-    """An export with the unfinished uploads recorded on it (TRIGGERED only)."""
+    """An export with the uploads recorded on it: unfinished ones, or one kept for a resume."""
 
     export: Export
     uploads: list[PendingUpload]
 
     @classmethod
     def from_doc(cls, doc: Doc) -> ExportUploads:
-        uploads = [PendingUpload.from_doc(u) for u in doc.get("uploads") or []]
-        return cls(Export.from_doc(doc), uploads)
+        return cls(Export.from_doc(doc), _uploads(doc))
 
 
 class Beat(Enum):
@@ -530,7 +526,7 @@ class ExportRepository:
 
     async def uploads(self, export_id: str) -> list[PendingUpload]:
         doc = await self._exports.find_one({"_id": export_id}, {"uploads": 1})
-        return [PendingUpload.from_doc(u) for u in (doc or {}).get("uploads") or []]
+        return _uploads(doc or {})
 
     @staticmethod
     def ending(status: ExportStatus, now: datetime, values: Doc) -> Doc:
@@ -670,7 +666,7 @@ class ExportRepository:
         run_timeout: timedelta,
         heartbeat_timeout: timedelta,
         orphans_of: str | None = None,
-    ) -> list[Doc]:
+    ) -> list[ExportUploads]:
         """TRIGGERED exports past their timeout or whose worker stopped beating, plus (with
         `orphans_of`) those held by that worker id, which it knows it is no longer running."""
         now = utcnow()
@@ -689,7 +685,7 @@ class ExportRepository:
         # conditions as a top-level `$or`, the embedded server scans the whole collection
         # (history included) on every poll; MongoDB would use the index either way.
         cursor = self._exports.find({"status": ExportStatus.TRIGGERED.value})
-        return [doc async for doc in cursor if is_stale(doc)]
+        return [ExportUploads.from_doc(doc) async for doc in cursor if is_stale(doc)]
 
     # ---- CCPA side (export_service/ccpa/deletion.py) -------------------------------------
     # Batches only: one query per step whatever the number of exports. Every delete is still a
