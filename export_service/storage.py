@@ -21,7 +21,7 @@ from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 from rehashes import PySha256
 
-from export_service import metrics
+from export_service import metrics, telemetry
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3.client import S3Client
@@ -141,10 +141,11 @@ class Storage:
         attempts = 2
         for attempt in range(1, attempts + 1):
             try:
-                async with asyncio.timeout(self._settings.s3_call_timeout_seconds):
-                    if halt is None:
-                        return await method(**params)
-                    return await _unless_halted(halt, operation, method(**params))
+                with telemetry.only_in_trace():  # a child span of the run's or request's
+                    async with asyncio.timeout(self._settings.s3_call_timeout_seconds):
+                        if halt is None:
+                            return await method(**params)
+                        return await _unless_halted(halt, operation, method(**params))
             except _TRANSIENT as exc:
                 if attempt == attempts:
                     raise StorageError(

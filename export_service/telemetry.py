@@ -6,6 +6,9 @@ that created it) but nothing is exported. The standard `OTEL_*` variables still 
 (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`,
 `OTEL_EXPORTER_OTLP_HEADERS`, ...).
 
+S3 calls made inside a trace get `CLIENT` child spans from `opentelemetry-instrumentation-botocore`
+(its `AiobotocoreInstrumentor`, installed here), named `S3.PutObject` and so on; `Storage.call`
+suppresses them outside a trace (`only_in_trace`), so probes and sweeps make no root spans.
 MongoDB commands sent inside a trace get `CLIENT` child spans from `MongoSpans`, a command
 listener of our own: `opentelemetry-instrumentation-pymongo` is the same kind of listener, but its
 latest release (0.66b1) pins `opentelemetry-semantic-conventions==0.66b1`, which conflicts with
@@ -14,11 +17,14 @@ the SDK 1.45.2 we use (0.66b2). Command listeners see the native async client's 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry import propagate, trace
+from opentelemetry.instrumentation.botocore import AiobotocoreInstrumentor
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -71,7 +77,40 @@ def install(settings: Settings, *, component: str = "serve") -> TracerProvider:
         # service's, and any a test or tool opens) report their commands to it.
         _mongo_spans.append(MongoSpans())
         monitoring.register(_mongo_spans[0])
+    instrumentor = AiobotocoreInstrumentor()  # type: ignore[no-untyped-call]
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument(tracer_provider=provider, request_hook=_s3_attributes)
     return provider
+
+
+# The S3 request's target, as the semantic conventions' `aws.s3.*` attributes name it.
+_S3_PARAMS = {
+    "Bucket": "aws.s3.bucket",
+    "Key": "aws.s3.key",
+    "UploadId": "aws.s3.upload_id",
+    "PartNumber": "aws.s3.part_number",
+}
+
+
+def _s3_attributes(span: Span, service: str, operation: str, params: Mapping[str, Any]) -> None:
+    if service == "s3" and span.is_recording():
+        for param, name in _S3_PARAMS.items():
+            if params.get(param) is not None:
+                span.set_attribute(name, params[param])
+
+
+def in_trace() -> bool:
+    return trace.get_current_span().get_span_context().is_valid
+
+
+@contextlib.contextmanager
+def only_in_trace() -> Iterator[None]:
+    """Instrumented calls in the block make spans only as children of a current span."""
+    if in_trace():
+        yield
+    else:
+        with suppress_instrumentation():
+            yield
 
 
 def resource(component: str) -> Resource:
@@ -132,7 +171,7 @@ class MongoSpans(monitoring.CommandListener):
         self._open: dict[tuple[Any, int], Span] = {}
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if not trace.get_current_span().get_span_context().is_valid:
+        if not in_trace():
             return
         operation = event.command_name
         target = event.command.get(operation)

@@ -138,7 +138,7 @@ def attribute(span: ReadableSpan, name: str) -> Any:
     return (span.attributes or {}).get(name)
 
 
-async def test_export_trace_has_mongodb_child_spans(
+async def test_export_trace_has_mongodb_and_s3_child_spans(
     client: Client, spans: InMemorySpanExporter
 ) -> None:
     services = app_services(client)
@@ -170,11 +170,24 @@ async def test_export_trace_has_mongodb_child_spans(
     assert any(s.name == "insert exports" for s in children_of(spans, request))
     # No query text is recorded (it would hold user ids and emails).
     assert not any(attribute(s, "db.query.text") for s in mongo)
-    # Commands outside any trace (the worker's claim poll) make no spans of their own.
+
+    # The object's upload (a few rows: one PutObject), by opentelemetry-instrumentation-botocore.
+    (put,) = [s for s in children_of(spans, run) if s.name == "S3.PutObject"]
+    assert put.kind is SpanKind.CLIENT
+    assert attribute(put, "rpc.system") == "aws-api"
+    assert attribute(put, "rpc.service") == "S3" and attribute(put, "rpc.method") == "PutObject"
+    (stored,) = done.files
+    assert attribute(put, "aws.s3.bucket") == stored.bucket
+    assert attribute(put, "aws.s3.key") == stored.key
+    assert attribute(put, "http.status_code") == 200
+
+    # Calls outside any trace (the worker's claim poll, an S3 ping) make no spans of their own.
+    await services.storage.ping()
+    await services.worker.drain()
     assert all(
         s.parent is not None
         for s in spans.get_finished_spans()
-        if attribute(s, "db.system.name") == "mongodb"
+        if attribute(s, "db.system.name") == "mongodb" or attribute(s, "rpc.system")
     )
 
 
