@@ -86,10 +86,12 @@ USER ${APP_UID}:${APP_GID}
 
 EXPOSE 8080
 
-# Liveness through the API's GET /heartbeat, with the standard library only (no curl in slim).
-# A container started as `worker` serves no HTTP, so there the check only says the process is up.
+# Liveness through GET /heartbeat, with the standard library only (no curl in slim): the API's
+# port, or for a container started as `worker` its own listener's when
+# EXPORT_SERVICE_WORKER_METRICS_PORT is set (503 once its loop is stuck). A worker without that
+# port serves no HTTP, so there the check only says the process is up.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import os, sys, urllib.request; sys.exit(0) if b'worker' in open('/proc/1/cmdline', 'rb').read().split(b'\\0') else urllib.request.urlopen('http://127.0.0.1:%s/heartbeat' % os.environ.get('EXPORT_SERVICE_PORT', '8080'), timeout=4)"]
+    CMD ["python", "-c", "import os, sys, urllib.request; w = b'worker' in open('/proc/1/cmdline', 'rb').read().split(b'\\0'); p = os.environ.get('EXPORT_SERVICE_WORKER_METRICS_PORT', '') if w else os.environ.get('EXPORT_SERVICE_PORT', '8080'); sys.exit(0) if not p else urllib.request.urlopen('http://127.0.0.1:%s/heartbeat' % p, timeout=4)"]
 
 # Exec form: the service is PID 1 and receives SIGTERM directly (graceful worker shutdown).
 ENTRYPOINT ["export-service"]

@@ -412,31 +412,67 @@ def _healthcheck_argv() -> list[str]:
     return [sys.executable, *argv[1:]]
 
 
+class _Heartbeat(http.server.BaseHTTPRequestHandler):
+    """A loopback stand-in for a /heartbeat that answers `status`."""
+
+    status = 200
+
+    def do_GET(self) -> None:
+        self.send_response(self.status if self.path == "/heartbeat" else 404)
+        self.end_headers()
+        self.wfile.write(b'{"status": "ok"}')
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _serve_heartbeat(status: int) -> http.server.ThreadingHTTPServer:
+    handler = type("Handler", (_Heartbeat,), {"status": status})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def _healthcheck(env: dict[str, str], pid1_cmdline: Path | None = None) -> int:
+    argv = _healthcheck_argv()
+    if pid1_cmdline is not None:  # what the container's PID 1 would be
+        argv[-1] = argv[-1].replace("/proc/1/cmdline", str(pid1_cmdline))
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("EXPORT_SERVICE_")}
+    return subprocess.run(argv, env={**clean, **env}, capture_output=True, timeout=30).returncode
+
+
 def test_dockerfile_healthcheck_command_works() -> None:
     """Run the HEALTHCHECK command against a loopback stand-in for the API."""
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200 if self.path == "/heartbeat" else 404)
-            self.end_headers()
-            self.wfile.write(b'{"status": "ok"}')
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = _serve_heartbeat(200)
     port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    env = {**os.environ, "EXPORT_SERVICE_PORT": str(port)}
+    env = {"EXPORT_SERVICE_PORT": str(port)}
     try:
-        healthy = subprocess.run(_healthcheck_argv(), env=env, capture_output=True, timeout=30)
+        healthy = _healthcheck(env)
     finally:
         server.shutdown()
         server.server_close()
-    assert healthy.returncode == 0, healthy.stderr
-    down = subprocess.run(_healthcheck_argv(), env=env, capture_output=True, timeout=30)
-    assert down.returncode == 1, "a dead API must be reported unhealthy"
+    assert healthy == 0
+    assert _healthcheck(env) == 1, "a dead API must be reported unhealthy"
+
+
+def test_dockerfile_healthcheck_asks_the_worker_heartbeat_when_its_port_is_set(
+    tmp_path: Path,
+) -> None:
+    worker = tmp_path / "cmdline"
+    worker.write_bytes(b"/opt/venv/bin/python\0/opt/venv/bin/export-service\0worker\0")
+    for status, expected in ((200, 0), (503, 1)):
+        server = _serve_heartbeat(status)
+        env = {"EXPORT_SERVICE_WORKER_METRICS_PORT": str(server.server_address[1]),
+               "EXPORT_SERVICE_PORT": "9"}  # fmt: skip
+        try:
+            assert _healthcheck(env, worker) == expected, f"worker heartbeat {status}"
+        finally:
+            server.shutdown()
+            server.server_close()
+    # A stopped listener: unhealthy, whatever the API port would say.
+    assert _healthcheck(env, worker) == 1
+    # Without the port the worker serves no HTTP: the check only says the process is up.
+    assert _healthcheck({"EXPORT_SERVICE_PORT": "9"}, worker) == 0
 
 
 def test_dockerignore_keeps_the_context_small() -> None:
