@@ -1,13 +1,14 @@
 """Prometheus metrics, on a registry of our own so tests and several apps do not collide.
 
-Counters get a `_total` suffix in the exposition (`export_service_exports_created_total`). The
-queue gauges are read from MongoDB at scrape time, so every process reports the same queue: use
-`max()` across instances, not `sum()`.
+Counters get a `_total` suffix in the exposition (`export_service_exports_created_total`).
+Gauges read from MongoDB at scrape time live with what they measure (`queue.gauges`,
+`webhooks.gauges`) and are refreshed by `exposition`; this module imports neither.
 """
 
 from __future__ import annotations
 
-import pymongo
+from collections.abc import Awaitable, Callable, Iterable
+
 import structlog
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -22,9 +23,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from export_service.models import ACTIVE_STATUSES, TERMINAL_STATUSES, ExportType, utcnow
-from export_service.queue.repository import ExportRepository
-from export_service.webhooks.outbox import Outbox
+from export_service.models import TERMINAL_STATUSES, ExportType
 
 log = structlog.get_logger(__name__)
 
@@ -103,14 +102,6 @@ HTTP_SERVER_REQUEST_DURATION = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10),
     registry=REGISTRY,
 )
-QUEUE_DEPTH = Gauge(
-    "export_service_queue_depth", "Exports by active status.", ["status"], registry=REGISTRY
-)
-OLDEST_PENDING_AGE = Gauge(
-    "export_service_oldest_pending_age_seconds",
-    "Age of the oldest PENDING export (0 when none).",
-    registry=REGISTRY,
-)
 WEBHOOKS_DELIVERED = Counter(
     "export_service_webhooks_delivered",
     "Webhook events a receiver acknowledged with a 2xx.",
@@ -127,21 +118,6 @@ WEBHOOK_RETRIES = Counter(
     "export_service_webhook_retries",
     "Failed webhook attempts that were scheduled again (non-2xx, timeout, connection).",
     ["subscription"],
-    registry=REGISTRY,
-)
-WEBHOOKS_PENDING = Gauge(
-    "export_service_webhooks_pending",
-    "Webhook events not yet delivered nor given up on.",
-    registry=REGISTRY,
-)
-WEBHOOKS_RETRYING = Gauge(
-    "export_service_webhooks_retrying",
-    "Pending webhook events that have failed at least one attempt.",
-    registry=REGISTRY,
-)
-WEBHOOK_OLDEST_PENDING_AGE = Gauge(
-    "export_service_webhook_oldest_pending_age_seconds",
-    "Age of the oldest pending webhook event (0 when none).",
     registry=REGISTRY,
 )
 RETENTION_PURGED_EXPORTS = Counter(
@@ -188,35 +164,17 @@ for _stage in ("s3", "sweep"):
     RETENTION_SWEEP_FAILURES.labels(_stage)
 
 
-async def refresh_queue(repository: ExportRepository) -> None:
-    """Set the queue gauges from the database (bounded: a scrape must not hang)."""
-    # The driver's own timeout, not a cancel: see `queue.run` on cancelling driver calls.
-    with pymongo.timeout(2):
-        counts = await repository.counts_by_status()
-        oldest = await repository.oldest_pending_created()
-    for status in ACTIVE_STATUSES:
-        QUEUE_DEPTH.labels(status.value).set(counts.get(status.value, 0))
-    age = (utcnow() - oldest).total_seconds() if oldest else 0.0
-    OLDEST_PENDING_AGE.set(max(0.0, age))
+# Sets gauges read from MongoDB right before a scrape; bounded by the driver's own timeout
+# (never cancelled: see `queue.run` on cancelling driver calls), so a scrape cannot hang.
+ScrapeRefresh = Callable[[], Awaitable[None]]
 
 
-async def refresh_webhooks(outbox: Outbox) -> None:
-    # The driver's own timeout, not a cancel: see `queue.run` on cancelling driver calls.
-    with pymongo.timeout(2):
-        stats = await outbox.stats()
-    WEBHOOKS_PENDING.set(stats.pending)
-    WEBHOOKS_RETRYING.set(stats.retrying)
-    age = (utcnow() - stats.oldest_pending).total_seconds() if stats.oldest_pending else 0.0
-    WEBHOOK_OLDEST_PENDING_AGE.set(max(0.0, age))
-
-
-async def exposition(repository: ExportRepository, outbox: Outbox | None = None) -> bytes:
-    """The Prometheus text of this process, queue gauges refreshed first when MongoDB answers."""
-    try:
-        await refresh_queue(repository)
-        if outbox is not None:
-            await refresh_webhooks(outbox)
-    except Exception as exc:
-        # A scrape answers with what the process knows; the queue gauges keep their last value.
-        log.warning("metrics_queue_unavailable", error=f"{type(exc).__name__}: {exc}")
+async def exposition(refreshes: Iterable[ScrapeRefresh] = ()) -> bytes:
+    """The Prometheus text of this process, each `refreshes` gauge set first when it can be."""
+    for refresh in refreshes:
+        try:
+            await refresh()
+        except Exception as exc:
+            # A scrape answers with what the process knows; those gauges keep their last value.
+            log.warning("metrics_queue_unavailable", error=f"{type(exc).__name__}: {exc}")
     return generate_latest(REGISTRY)

@@ -16,13 +16,16 @@ from pymongo.monitoring import CommandListener
 from export_service import db as dbmod
 from export_service import devstate
 from export_service.encoding.processes import EncoderProcesses, default_processes
+from export_service.metrics import ScrapeRefresh
 from export_service.queue.estimates import QueueEstimates
+from export_service.queue.gauges import queue_gauges
 from export_service.queue.repository import ExportRepository
 from export_service.queue.worker import Worker
 from export_service.retention import Retention
 from export_service.settings import Settings
 from export_service.storage import Storage
 from export_service.webhooks.delivery import Dispatcher
+from export_service.webhooks.gauges import outbox_gauges
 from export_service.webhooks.notifier import Notifier
 from export_service.webhooks.outbox import Outbox
 
@@ -96,6 +99,8 @@ class Services:
     estimates: QueueEstimates
     # Started beside the worker loop too: the retention sweep (contract §13).
     retention: Retention
+    # Set before each `/metrics` scrape: the gauges the queue and the outbox read from MongoDB.
+    gauges: tuple[ScrapeRefresh, ...]
 
     @classmethod
     @asynccontextmanager
@@ -139,6 +144,7 @@ class Services:
                         dispatcher=dispatcher,
                         estimates=QueueEstimates(repository, slots=settings.max_concurrent_exports),
                         retention=Retention(repository, storage, settings, owner=worker.worker_id),
+                        gauges=(queue_gauges(repository), outbox_gauges(outbox)),
                     )
                 finally:
                     await dispatcher.close()

@@ -13,14 +13,12 @@ from contextlib import asynccontextmanager
 import structlog
 from aiohttp import web
 
-from export_service import metrics
 from export_service.app.observability import observe_request
+from export_service.app.routes import SERVICES, metrics_endpoint
 from export_service.app.server import listening
 from export_service.runtime import Services
 
 log = structlog.get_logger(__name__)
-
-SERVICES = web.AppKey("services", Services)
 
 
 async def heartbeat(request: web.Request) -> web.Response:
@@ -31,16 +29,11 @@ async def heartbeat(request: web.Request) -> web.Response:
     return web.json_response(body, status=status)
 
 
-async def metrics_endpoint(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
-    body = await metrics.exposition(services.repository, services.outbox)
-    return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
-
-
 def create_worker_app(services: Services) -> web.Application:
     # The API's request middleware: its probes and scrapes count in the HTTP histograms (they are
     # neither traced nor logged there either).
     app = web.Application(middlewares=[observe_request])
+    # The API's key and `/metrics` handler: one scrape, whichever port serves it.
     app[SERVICES] = services
     app.router.add_get("/heartbeat", heartbeat)
     app.router.add_get("/metrics", metrics_endpoint)

@@ -492,7 +492,7 @@ async def test_s3_bytes_count_every_multipart_part(services: Services) -> None:
     (done,) = await services.worker.drain()
     (stored,) = done.files
     assert stored.bytes > services.settings.s3_part_size_bytes
-    text = (await metrics.exposition(services.repository)).decode()
+    text = (await metrics.exposition(services.gauges)).decode()
     total = "export_service_s3_uploaded_bytes_total"
     assert sample(text, total, bucket=stored.bucket) == stored.bytes
 
@@ -512,7 +512,9 @@ async def test_worker_listener_serves_metrics_and_heartbeat(services: Services) 
         async with http.get(f"{base}/metrics") as resp:
             assert resp.status == 200
             text = await resp.text()
+            # The API's handler: the queue's and the outbox's gauges, refreshed, and the counters.
             assert "export_service_queue_depth" in text
+            assert "export_service_webhooks_pending" in text
             assert "export_service_exports_ended_total" in text
         # A loop that has not turned for long (and runs no export) is reported, for a restart.
         services.worker.liveness.last = time.monotonic() - 3600

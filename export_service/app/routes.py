@@ -302,6 +302,6 @@ async def ready(request: web.Request) -> web.Response:
 
 @routes.get("/metrics")
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
-    body = await metrics.exposition(services.repository, services.outbox)
+    """Prometheus: the API's `/metrics`, and the worker port's (`worker_http`)."""
+    body = await metrics.exposition(request.app[SERVICES].gauges)
     return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
