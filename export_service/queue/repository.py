@@ -306,8 +306,8 @@ class ExportRepository:
             },
             sort=[("date.finished", ASCENDING)],
             limit=limit,
-            # The embedded server would not pick the partial index by itself.
-            hint="retention",
+            # Not hinted: both servers pick the `retention` index for this shape, and the
+            # embedded one walks a hinted index whole (about 1 s at 6,000 exports, per type).
         )
         return [Export.from_doc(doc) async for doc in cursor]
 
