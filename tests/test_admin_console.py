@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -311,3 +312,44 @@ async def test_console_says_when_the_service_rejects_the_token(
     assert "refused the token" in await asyncio.to_thread(attempt, wrong_secret, CAMPAIGN)
     message = await asyncio.to_thread(attempt, token(["other"]), CAMPAIGN)
     assert f"may not report on campaign {CAMPAIGN}" in message
+
+
+@needs_chromium
+async def test_console_requests_a_joined_type_with_filters(
+    console: tuple[Client, Services], page: Page
+) -> None:
+    # contract §12: the form's filters go with every type that reads entries, the joined ones too.
+    _, services = console
+    await add_campaign(services.db)
+    m1, m2 = f"{CAMPAIGN}-m1", f"{CAMPAIGN}-m2"
+
+    def request() -> None:
+        from selenium.webdriver.support.ui import Select
+
+        page.driver.get(f"{page.base_url}/admin")
+        page.until(
+            "the page script",
+            lambda: page.by_id("export-type").find_elements("css selector", "option"),
+        )
+        page.type_into("token", token([CAMPAIGN]))
+        page.by_id("token-save").click()
+        page.by_id("campaign-open").click()
+        page.until("the empty table", lambda: "No exports yet" in page.by_id("empty").text)
+        Select(page.by_id("export-type")).select_by_value("waitlist")
+        page.type_into("filter-markets", f"{m2}, {m1}")
+        # datetime-local takes keys in the browser's locale format; the value is what it sends.
+        set_value = "document.getElementById(arguments[0]).value = arguments[1]"
+        page.driver.execute_script(set_value, "filter-from", "2026-11-01T00:00")
+        page.driver.execute_script(set_value, "filter-to", "2026-12-01T00:00:30")
+        page.by_id("request-submit").click()
+        page.until("the new row", page.rows)
+        assert "Requested" in page.message()
+
+    await asyncio.to_thread(request)
+    (export,) = [e async for e in services.db["exports"].find({})]
+    assert export["exportType"] == "waitlist"
+    assert export["filters"] == {
+        "marketIds": [m1, m2],
+        "createdFrom": datetime(2026, 11, 1),
+        "createdTo": datetime(2026, 12, 1, 0, 0, 30),
+    }

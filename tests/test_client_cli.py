@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -130,11 +131,18 @@ async def test_submit_carries_markets_and_dates_as_filters(
     (export,) = [e async for e in live.db["exports"].find({})]
     assert export["filters"]["marketIds"] == [m1, m2]
     assert export["filters"]["createdTo"].isoformat() == "2026-11-30T23:00:00"
+    # The joined types take them too (contract §12), codeWaves with its wave.
+    code = await cli("submit", "--campaign", CAMPAIGN, "--type", "codeWaves", "--date-key",
+                     "20261124", "--market", m1, "--from", "2026-11-01T00:00:00Z", "--json")  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    waves = await live.db["exports"].find_one({"exportType": "codeWaves"})
+    assert waves is not None and waves["dateKey"] == "20261124"
+    assert waves["filters"] == {"marketIds": [m1], "createdFrom": datetime(2026, 11, 1)}
     # A bad date is the API's 400, in words, and nothing is written.
     code = await cli("submit", "--campaign", CAMPAIGN, "--type", "entries", "--from", "soon")
     assert code == 1
     assert "error (HTTP 400)" in capsys.readouterr().err
-    assert await live.db["exports"].count_documents({}) == 1
+    assert await live.db["exports"].count_documents({}) == 2
 
 
 async def test_failed_export_exits_3_with_its_error(

@@ -570,3 +570,41 @@ async def test_the_computed_rows_equal_the_unfiltered_joined_exports(client: Cli
         rows, view, _, unfiltered = await seeded_run(client, export_type, None)
         assert rows == unfiltered and rows, export_type
         assert view["count"] == view["progress"]["total"] == len(rows)
+
+
+async def test_a_filtered_joined_export_is_a_cut_at_its_start(
+    mongo_uri: str, s3_endpoint: str
+) -> None:
+    settings = make_settings(mongo_uri, s3_endpoint, batch_size=1)
+    async with Services.open(settings, create_buckets=True) as services:
+        try:
+            await seed_joined(services.db)
+            gate = Gate()
+            services.worker.batch_hook = gate
+            export, _ = await services.repository.create(
+                campaign_id=CAMPAIGN,
+                campaign_name="Tour",
+                export_type=ExportType.CODE_ASSIGNMENTS,
+                requester_user_id="u",
+                date_key=None,
+                include_all_markets=None,
+                filters=request_filters(None, at(30).replace(tzinfo=UTC), None),
+            )
+            running = asyncio.create_task(services.worker.drain())
+            await asyncio.wait_for(gate.reached.wait(), 20)
+            # Mid-run (counted, one row written): entries that would make u5 and u9 qualify.
+            doc = await services.db["exports"].find_one({"_id": export.id})
+            assert doc is not None
+            after = doc["date"]["triggered"] + timedelta(milliseconds=1)
+            late = [entry(f"late-{u}", u, market_id=M1, created=after) for u in ("u5", "u9")]
+            await services.db["entries"].insert_many(late)
+            gate.release.set()
+            (done,) = await running
+            assert done.status is ExportStatus.FINISHED, done.error
+            assert done.count == done.progress["total"] == 4
+            (stored,) = done.files
+            data = await download(services.storage, stored.bucket, stored.key)
+            codes = [r[0] for r in list(csv.reader(io.StringIO(data.decode())))[1:]]
+            assert codes == ["C1", "C2", "C4", "C3"]
+        finally:
+            await services.client.drop_database(settings.mongo_db)
