@@ -19,6 +19,7 @@ from export_service.app.auth import mint
 from export_service.app.factory import create_app
 from export_service.client import commands as client_commands
 from export_service.dev.embedded import EmbeddedUnavailable, embedded_servers
+from export_service.dev.seed import COLLECTIONS as SEED_COLLECTIONS
 from export_service.lost_objects import EMBEDDED_RESTART, purge_exports_with_lost_objects
 from export_service.runtime import Services, dev_jwt_secret
 from export_service.settings import Settings
@@ -92,8 +93,7 @@ async def _seed(settings: Settings, campaign_id: str, entries: int, seed: int, f
     async with Services.open(settings) as services:
         db = services.db
         if fresh:
-            for name in ("campaigns", "markets", "promoters", "entries", "scoring", "codes",
-                         "sms_waves"):  # fmt: skip
+            for name in SEED_COLLECTIONS:
                 await db[name].delete_many(
                     {"_id": campaign_id} if name == "campaigns" else {"campaignId": campaign_id}
                 )
@@ -137,6 +137,35 @@ Request an export, then read it (the answer's "path" is a download URL once FINI
 """
 
 
+# Written by the service itself (and their indexes created) by any command that opens it.
+SERVICE_COLLECTIONS = ("exports", "ccpa_requests", "webhook_events")
+REMOTE_HELP = "run against EXPORT_SERVICE_MONGO_URI (not the embedded server) all the same"
+
+
+def _remote_refusal(command: str, settings: Settings, fresh: bool) -> str:
+    """What `seed`/`dev` would change on a MongoDB that is not the embedded one."""
+    assert settings.mongo_uri is not None
+    # The hosts only: the URI may hold a password.
+    hosts = settings.mongo_uri.get_secret_value().split("://", 1)[-1].split("/", 1)[0]
+    hosts = hosts.rsplit("@", 1)[-1]
+    seeded = ", ".join(SEED_COLLECTIONS)
+    if command == "seed":
+        would = f"write demo documents into {seeded}" + (
+            " after deleting the campaign's documents in them" if fresh else ""
+        )
+    else:
+        would = (
+            f"write demo documents into {seeded}, then serve the API and a worker, which write "
+            f"{', '.join(SERVICE_COLLECTIONS)}"
+        )
+    return (
+        f"error: `{command}` refused: EXPORT_SERVICE_MONGO_URI is set (MongoDB at {hosts}, "
+        f"database {settings.mongo_db}), not the embedded server. It would {would}, and create "
+        f"indexes on {', '.join(SERVICE_COLLECTIONS)} and {seeded}. Nothing was changed; "
+        "add --allow-remote to do it there all the same."
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="export-service", description="Fan-campaign exports from MongoDB to S3."
@@ -147,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("worker", help="worker only")
     dev = sub.add_parser("dev", help="embedded servers, demo data, then serve")
     dev.add_argument("--entries", type=int, default=5_000, help="demo entries to seed")
+    dev.add_argument("--allow-remote", action="store_true", help=REMOTE_HELP)
     token = sub.add_parser("token", help="mint a token for the local secret")
     token.add_argument("--sub", default="local-admin", help="user id (sub claim)")
     token.add_argument("--campaign", action="append", default=[], help="campaign with REPORT")
@@ -157,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--entries", type=int, default=10_000)
     seed.add_argument("--seed", type=int, default=42)
     seed.add_argument("--fresh", action="store_true", help="replace the campaign's data")
+    seed.add_argument("--allow-remote", action="store_true", help=REMOTE_HELP)
     client_commands.add_parsers(sub)
     return parser
 
@@ -177,6 +208,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(mint(secret, sub=args.sub, campaigns=args.campaign,
                    supreme=args.supreme, ttl_seconds=args.ttl))  # fmt: skip
         return 0
+    if command in ("seed", "dev") and not settings.embedded and not args.allow_remote:
+        # Demo data is for the embedded server: on a shared or production MongoDB it is an
+        # accident, and nothing (not even an index) is written before the user says so.
+        print(_remote_refusal(command, settings, getattr(args, "fresh", False)), file=sys.stderr)
+        return 2
     if command in ("serve", "api", "worker", "dev"):
         telemetry.install(settings, component=command)
     try:

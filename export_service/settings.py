@@ -142,6 +142,12 @@ class Settings(BaseSettings):
     port: int = Field(default=8080, ge=0, le=65535, description="API port.")
     jwt_secret: SecretStr | None = Field(default=None, description="HS256 secret.")
     jwt_public_key: str | None = Field(default=None, description="RS256 public key (PEM).")
+    jwt_issuer: str | None = Field(
+        default=None, description="When set, a token's `iss` must be this (else 401)."
+    )
+    jwt_audience: str | None = Field(
+        default=None, description="When set, a token's `aud` must name this (else 401)."
+    )
     max_body_bytes: int = Field(default=64 * 1024, description="Largest accepted request body.")
 
     # --- Queue / worker ------------------------------------------------------------------

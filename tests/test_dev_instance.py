@@ -14,13 +14,17 @@ import socket
 import subprocess
 import sys
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pymongo import AsyncMongoClient
 
 from export_service.dev.embedded import stop_process, wait_for_port
+from export_service.dev.seed import COLLECTIONS as SEED_COLLECTIONS
 from tests.support.servers import free_port
 
 CLI = [sys.executable, "-m", "export_service.cli"]
@@ -187,3 +191,40 @@ def test_restarting_dev_leaves_no_finished_export_pointing_at_a_lost_object(
         stop_process(second.process)
     log = (tmp_path / "dev.log").read_text()
     assert "1 FINISHED export(s) lost their files" in log
+
+
+async def test_seed_and_dev_refuse_a_remote_mongodb_without_allow_remote(
+    tmp_path: Path, mongo_uri: str, s3_endpoint: str
+) -> None:
+    """Contract §16: on a MongoDB that is not the embedded one, `seed` and `dev` name what they
+    would write and change nothing (not even an index) unless `--allow-remote` is given."""
+    db_name = f"t_remote_{uuid.uuid4().hex[:8]}"
+    env = clean_env(
+        tmp_path,
+        EXPORT_SERVICE_MONGO_URI=mongo_uri,
+        EXPORT_SERVICE_MONGO_DB=db_name,
+        EXPORT_SERVICE_S3_ENDPOINT_URL=s3_endpoint,
+        EXPORT_SERVICE_S3_ACCESS_KEY_ID="test",
+        EXPORT_SERVICE_S3_SECRET_ACCESS_KEY="test",
+        EXPORT_SERVICE_DATA_DIR=str(tmp_path / "data"),
+        EXPORT_SERVICE_PORT=str(free_port()),
+    )
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri)
+    try:
+        for args in (["seed", "--entries", "5"], ["seed", "--fresh"], ["dev", "--entries", "5"]):
+            answer = run(args, tmp_path, env)
+            assert answer.returncode == 2, (args, answer.stdout, answer.stderr)
+            (line,) = answer.stderr.strip().splitlines()
+            assert "--allow-remote" in line and db_name in line, line
+            for name in (*SEED_COLLECTIONS, "exports"):
+                assert name in line, (name, line)
+            assert "Traceback" not in answer.stderr
+            assert db_name not in await client.list_database_names(), args
+        assert not (tmp_path / "data").exists()  # no embedded server started either
+        # Said on purpose, it is done there.
+        seeded = run(["seed", "--entries", "5", "--allow-remote"], tmp_path, env)
+        assert seeded.returncode == 0, seeded.stderr
+        assert await client[db_name]["entries"].count_documents({}) == 5
+    finally:
+        await client.drop_database(db_name)
+        await client.close()

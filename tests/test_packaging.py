@@ -208,6 +208,17 @@ def test_configmap_holds_only_known_non_secret_settings(
         assert grace > settings.shutdown_grace_seconds
 
 
+def test_the_chart_passes_the_jwt_issuer_and_audience_when_set(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    (irsa,) = _by_kind(rendered["aws-irsa-values.yaml"], "ConfigMap")
+    assert irsa["data"]["EXPORT_SERVICE_JWT_ISSUER"] == "https://login.acme.example/"
+    assert irsa["data"]["EXPORT_SERVICE_JWT_AUDIENCE"] == "export-service"
+    # Unset (the defaults): not in the ConfigMap at all, so the service does not check them.
+    (default,) = _by_kind(rendered["default.yaml"], "ConfigMap")
+    assert not {"EXPORT_SERVICE_JWT_ISSUER", "EXPORT_SERVICE_JWT_AUDIENCE"} & set(default["data"])
+
+
 def test_secrets_are_referenced_per_component(rendered: dict[str, list[dict[str, Any]]]) -> None:
     default = rendered["default.yaml"]
     api, worker = (_container(_deployment(default, c)) for c in ("api", "worker"))

@@ -297,6 +297,47 @@ async def test_rs256_only_service_rejects_hs256_signed_with_its_public_key(
             await app[SERVICES].client.drop_database(settings.mongo_db)
 
 
+async def test_a_configured_issuer_and_audience_are_required(
+    mongo_uri: str, s3_endpoint: str
+) -> None:
+    """JWT_ISSUER / JWT_AUDIENCE (contract §16): a token without them, or with others, is 401
+    on every kind of route; one with both is accepted."""
+    issuer, audience = "https://id.example.test/", "export-service"
+    settings = make_settings(mongo_uri, s3_endpoint, jwt_issuer=issuer, jwt_audience=audience)
+    app = create_app(settings, run_worker=False, create_buckets=True)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        try:
+            await add_campaign(app[SERVICES].db)
+            db = app[SERVICES].db
+
+            def bearer(**overrides: Any) -> str:
+                wanted = {"iss": issuer, "aud": audience, **overrides}
+                return "Bearer " + jwt.encode(claims(**wanted), JWT_SECRET, algorithm="HS256")
+
+            routes = [("GET", f"/campaigns/{CAMPAIGN}/exports"),
+                      ("DELETE", f"/ccpa/users/{USER}")]  # fmt: skip
+            for method, path in routes:
+                for wrong in (
+                    bearer(iss=None),
+                    bearer(iss="https://other.example.test/"),
+                    bearer(aud=None),
+                    bearer(aud="another-service"),
+                    bearer(aud=["another-service"]),
+                    auth([CAMPAIGN], supreme=True)["Authorization"],  # neither claim
+                ):
+                    status, body = await call(client, method, path, wrong)
+                    assert status == 401, (method, path, wrong, body)
+                    assert body["error"]["payload"]["code"] == "Unauthorized"
+            assert await db["ccpa_requests"].count_documents({}) == 0
+            for method, path in routes:
+                assert (await call(client, method, path, bearer()))[0] == 200, (method, path)
+            # `aud` may list several audiences; naming ours is enough.
+            status, _ = await call(client, "GET", routes[0][1], bearer(aud=["x", audience]))
+            assert status == 200
+        finally:
+            await app[SERVICES].client.drop_database(settings.mongo_db)
+
+
 @pytest.fixture
 def restore_logging() -> Iterator[None]:
     """Undo the service's log configuration, which the test applies to its captured stdout."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import jwt
@@ -30,7 +31,21 @@ class Principal:
 
 
 class Authenticator:
-    def __init__(self, *, secret: str | None, public_key: str | None) -> None:
+    """`issuer`/`audience`: when set, a token must carry that `iss`/`aud` (contract §16)."""
+
+    def __init__(
+        self,
+        *,
+        secret: str | None,
+        public_key: str | None,
+        issuer: str | None = None,
+        audience: str | None = None,
+    ) -> None:
+        self._issuer = issuer
+        self._audience = audience
+        self._required = (
+            ["exp", "sub"] + (["iss"] if issuer else []) + (["aud"] if audience else [])
+        )
         self._keys: list[tuple[str | bytes, str]] = []
         if public_key:
             self._keys.append((public_key, "RS256"))
@@ -58,10 +73,21 @@ class Authenticator:
                 continue
             try:
                 claims: dict[str, object] = jwt.decode(
-                    token, key, algorithms=[alg], options={"require": ["exp", "sub"]}
+                    token,
+                    key,
+                    algorithms=[alg],
+                    issuer=self._issuer,
+                    audience=self._audience,
+                    options={"require": self._required},
                 )
             except jwt.ExpiredSignatureError as exc:
                 raise Unauthorized("Unauthorized: token expired") from exc
+            except jwt.InvalidIssuerError as exc:
+                raise Unauthorized("Unauthorized: token issuer not accepted") from exc
+            except jwt.InvalidAudienceError as exc:
+                raise Unauthorized("Unauthorized: token audience not accepted") from exc
+            except jwt.MissingRequiredClaimError as exc:
+                raise Unauthorized(f"Unauthorized: token has no {exc.claim!r} claim") from exc
             except jwt.PyJWTError as exc:
                 raise Unauthorized("Unauthorized: invalid token") from exc
             return claims
@@ -90,16 +116,17 @@ def mint(
     supreme: bool = False,
     ttl_seconds: int = 3600,
     actions: tuple[str, ...] = (REPORT,),
+    claims: dict[str, object] | None = None,
 ) -> str:
-    """A token for a local secret (dev, tests, the `token` command)."""
-    import time
-
+    """A token for a local secret (dev, tests, the `token` command); `claims` adds or replaces
+    claims (`iss`, `aud`)."""
     now = int(time.time())
-    payload = {
+    payload: dict[str, object] = {
         "sub": sub,
         "supreme": supreme,
         "permissions": {c: list(actions) for c in campaigns or []},
         "iat": now,
         "exp": now + ttl_seconds,
     }
+    payload.update(claims or {})
     return jwt.encode(payload, secret, algorithm="HS256")

@@ -58,7 +58,12 @@ def create_app(
         if settings.jwt_public_key is None
         else (settings.jwt_secret.get_secret_value() if settings.jwt_secret else None)
     )
-    app[AUTHENTICATOR] = Authenticator(secret=secret, public_key=settings.jwt_public_key)
+    app[AUTHENTICATOR] = Authenticator(
+        secret=secret,
+        public_key=settings.jwt_public_key,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+    )
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         async with Services.open(
