@@ -19,10 +19,10 @@ from export_service.app.auth import mint
 from export_service.app.factory import create_app
 from export_service.client import commands as client_commands
 from export_service.dev.embedded import EmbeddedUnavailable, embedded_servers
-from export_service.dev.seed import COLLECTIONS as SEED_COLLECTIONS
 from export_service.lost_objects import EMBEDDED_RESTART, purge_exports_with_lost_objects
 from export_service.runtime import Services, dev_jwt_secret
 from export_service.settings import Settings
+from export_service.sources import CAMPAIGNS, SOURCE_COLLECTIONS, find_campaign
 from export_service.worker_http import worker_listener
 
 log = structlog.get_logger(__name__)
@@ -93,11 +93,11 @@ async def _seed(settings: Settings, campaign_id: str, entries: int, seed: int, f
     async with Services.open(settings) as services:
         db = services.db
         if fresh:
-            for name in SEED_COLLECTIONS:
+            for name in SOURCE_COLLECTIONS:
                 await db[name].delete_many(
-                    {"_id": campaign_id} if name == "campaigns" else {"campaignId": campaign_id}
+                    {"_id": campaign_id} if name == CAMPAIGNS else {"campaignId": campaign_id}
                 )
-        elif await db["campaigns"].find_one({"_id": campaign_id}):
+        elif await find_campaign(db, campaign_id):
             print(f"campaign {campaign_id} already seeded (use --fresh to replace it)")
             return
         counts = await seed_campaign(
@@ -148,7 +148,7 @@ def _remote_refusal(command: str, settings: Settings, fresh: bool) -> str:
     # The hosts only: the URI may hold a password.
     hosts = settings.mongo_uri.get_secret_value().split("://", 1)[-1].split("/", 1)[0]
     hosts = hosts.rsplit("@", 1)[-1]
-    seeded = ", ".join(SEED_COLLECTIONS)
+    seeded = ", ".join(SOURCE_COLLECTIONS)
     if command == "seed":
         would = f"write demo documents into {seeded}" + (
             " after deleting the campaign's documents in them" if fresh else ""

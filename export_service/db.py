@@ -1,11 +1,12 @@
-"""The MongoDB client and the indexes the queue and the exporters rely on."""
+"""The MongoDB client, its read preferences, and the creation of every index at start-up
+(the source collections' are defined in `sources.py`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-from pymongo import ASCENDING, AsyncMongoClient, IndexModel
+from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.monitoring import CommandListener
 from pymongo.read_preferences import (
@@ -20,98 +21,11 @@ from export_service import retention
 from export_service.ccpa.requests import CcpaRequests
 from export_service.queue.repository import ExportRepository
 from export_service.settings import Settings
+from export_service.sources import ensure_source_indexes
 from export_service.webhooks.outbox import Outbox
 
 Doc = dict[str, Any]
 SourceReadPreference = Primary | PrimaryPreferred | Secondary | SecondaryPreferred | Nearest
-
-# Indexes on the source collections that the exporters' queries use. They are created at
-# start-up idempotently; on a production cluster whose sources belong to other services, the
-# same definitions can be applied by their owners instead (creating an existing index is a no-op).
-SOURCE_INDEXES: dict[str, list[IndexModel]] = {
-    "entries": [
-        IndexModel([("campaignId", ASCENDING), ("_id", ASCENDING)], name="campaign_id"),
-        # A market filter (contract §12) on the single-cursor types: one range per listed market,
-        # merged in _id order by the server, so the rows stay in _id order without a sort stage.
-        IndexModel(
-            [("campaignId", ASCENDING), ("marketId", ASCENDING), ("_id", ASCENDING)],
-            name="campaign_market_id",
-        ),
-        IndexModel(
-            [
-                ("campaignId", ASCENDING),
-                ("userId", ASCENDING),
-                ("date.created", ASCENDING),
-                ("_id", ASCENDING),
-            ],
-            name="campaign_user_created_id",
-        ),
-        # CCPA: the campaigns one user entered (covered: distinct campaignId for a userId).
-        IndexModel([("userId", ASCENDING), ("campaignId", ASCENDING)], name="user_campaign"),
-    ],
-    "markets": [IndexModel([("campaignId", ASCENDING)], name="campaign")],
-    "scoring": [
-        IndexModel([("campaignId", ASCENDING), ("_id", ASCENDING)], name="campaign_id"),
-        IndexModel([("userId", ASCENDING)], name="user"),
-        # waitlist: one campaign's non-selected records in user order (merge join with entries),
-        # and its count for given users.
-        IndexModel(
-            [
-                ("campaignId", ASCENDING),
-                ("selected", ASCENDING),
-                ("userId", ASCENDING),
-                ("_id", ASCENDING),
-            ],
-            name="campaign_selected_user_id",
-        ),
-        # waitlist with a market filter (contract §12): one range per listed market, merged in
-        # user order by the server, so the merge join needs no sort stage.
-        IndexModel(
-            [
-                ("campaignId", ASCENDING),
-                ("selected", ASCENDING),
-                ("marketId", ASCENDING),
-                ("userId", ASCENDING),
-                ("_id", ASCENDING),
-            ],
-            name="campaign_selected_market_user_id",
-        ),
-    ],
-    "codes": [
-        IndexModel([("campaignId", ASCENDING), ("_id", ASCENDING)], name="campaign_id"),
-        IndexModel([("assignedTo", ASCENDING)], name="assigned_to"),
-        # codeAssignments / codeWaves: assigned codes in user order (merge join with entries).
-        IndexModel(
-            [("campaignId", ASCENDING), ("assignedTo", ASCENDING), ("_id", ASCENDING)],
-            name="campaign_assigned_id",
-        ),
-        # codeAssignments with a market filter (contract §12): the listed markets' codes only,
-        # one range per market merged in user order.
-        IndexModel(
-            [
-                ("campaignId", ASCENDING),
-                ("marketId", ASCENDING),
-                ("assignedTo", ASCENDING),
-                ("_id", ASCENDING),
-            ],
-            name="campaign_market_assigned_id",
-        ),
-        IndexModel(
-            [
-                ("campaignId", ASCENDING),
-                ("waveDateKey", ASCENDING),
-                ("assignedTo", ASCENDING),
-                ("_id", ASCENDING),
-            ],
-            name="campaign_wave_assigned_id",
-        ),
-    ],
-    "sms_waves": [
-        IndexModel([("campaignId", ASCENDING), ("status", ASCENDING)], name="campaign_status"),
-        IndexModel([("memberIds", ASCENDING)], name="members"),
-    ],
-}
-
 
 # The embedded server is single-threaded: while it builds a large query's result it cannot answer
 # the driver's monitor, and a monitor timeout makes the driver cancel operations in flight.
@@ -169,7 +83,8 @@ def source_database(client: AsyncMongoClient[Doc], settings: Settings) -> AsyncD
 
     Only the exporters (cursors, counts, campaign/market/promoter lookups) go through it; the
     `exports` collection, the outbox and CCPA's lookups always read the primary (see
-    `ExportRepository` and `ccpa.deletion`), because they decide what runs and what is deleted."""
+    `ExportRepository` and `sources.associated_campaigns`), because they decide what runs and
+    what is deleted."""
     return client.get_database(settings.mongo_db, read_preference=source_read_preference(settings))
 
 
@@ -178,5 +93,4 @@ async def ensure_indexes(db: AsyncDatabase[Doc], settings: Settings) -> None:
     await CcpaRequests(db).ensure_indexes()
     await Outbox(db).ensure_indexes()
     await retention.ensure_indexes(db)
-    for collection, indexes in SOURCE_INDEXES.items():
-        await db[collection].create_indexes(indexes)
+    await ensure_source_indexes(db)

@@ -30,6 +30,7 @@ from export_service.filters import request_filters
 from export_service.models import Export, ExportStatus, ExportType, utcnow
 from export_service.queue.estimates import progress_eta
 from export_service.runtime import Services
+from export_service.sources import find_campaign, unknown_markets, wave_date_keys
 from export_service.views import signed_export
 from export_service.webhooks.outbox import WebhookEvent
 
@@ -110,13 +111,7 @@ async def create_export(request: web.Request) -> web.Response:
             ) from exc
         if any(CODE_WAVES_NEED_DATE in err["msg"] for err in exc.errors()):
             # Say which dates would have rows, so the caller need not guess one.
-            dates = sorted(
-                d
-                for d in await request.app[SERVICES]
-                .source_db["codes"]
-                .distinct("waveDateKey", {"campaignId": campaign_id})
-                if isinstance(d, str)
-            )
+            dates = await wave_date_keys(request.app[SERVICES].source_db, campaign_id)
             raise BadRequest(
                 f"BadRequest: {CODE_WAVES_NEED_DATE}; this campaign's wave dates: "
                 + (", ".join(dates) or "none"),
@@ -124,17 +119,14 @@ async def create_export(request: web.Request) -> web.Response:
             ) from exc
         raise
     services = request.app[SERVICES]
-    campaign = await services.db["campaigns"].find_one({"_id": campaign_id}, {"name": 1})
+    campaign = await find_campaign(services.db, campaign_id, {"name": 1})
     if campaign is None:
         raise CampaignNotFound(f"CampaignNotFound: campaign {campaign_id} does not exist")
     filters = None
     if command.filters is not None:
         wanted = command.filters.marketIds or []
         if wanted:
-            found = await services.db["markets"].distinct(
-                "_id", {"campaignId": campaign_id, "_id": {"$in": wanted}}
-            )
-            missing = sorted(set(wanted) - set(found))
+            missing = await unknown_markets(services.db, campaign_id, wanted)
             if missing:
                 raise MarketNotFound(
                     f"MarketNotFound: campaign {campaign_id} has no market {missing[0]}",

@@ -24,7 +24,6 @@ whose document this request saw disappear, and only their `files` keys.
 
 from __future__ import annotations
 
-import asyncio
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,13 +31,13 @@ from typing import Any
 
 import structlog
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.read_preferences import Primary
 
 from export_service.ccpa.requests import CcpaRequests
 from export_service.errors import StorageError
 from export_service.exporters import EXPORTERS
 from export_service.models import TERMINAL_STATUSES, Export, ExportStatus, ExportType
 from export_service.queue.repository import CCPA_OWNER, ExportRepository, ExportUploads
+from export_service.sources import associated_campaigns
 from export_service.storage import Storage
 
 log = structlog.get_logger(__name__)
@@ -48,14 +47,6 @@ Doc = dict[str, Any]
 # The types whose exports a request deletes (contract §6/§7): each spec's `ccpa` flag says it,
 # and nothing else does.
 CCPA_TYPES: frozenset[ExportType] = frozenset(t for t, spec in EXPORTERS.items() if spec.ccpa)
-
-# Where a user shows up in a campaign: (collection, query on the user id's field).
-ASSOCIATIONS: tuple[tuple[str, str], ...] = (
-    ("entries", "userId"),
-    ("scoring", "userId"),
-    ("codes", "assignedTo"),
-    ("sms_waves", "memberIds"),
-)
 
 # An export changes state at most PENDING → TRIGGERED → taken → terminal while a request runs,
 # so a few rounds settle it; anything still moving after that is reported, not chased forever.
@@ -132,23 +123,6 @@ class CcpaResult:
             "deletedCount": self.counts(),
             "failures": [f.to_doc() for f in self.failures],
         }
-
-
-async def associated_campaigns(db: AsyncDatabase[Doc], user_id: str) -> list[str]:
-    # The primary whatever the source read preference or the URI say: a secondary that lags
-    # would miss a campaign the user just entered, and its exports would survive the request.
-    # These are the only source reads that cannot lead with `campaignId` (finding the
-    # campaigns is the point): on a cluster sharded by campaignId each goes to every shard,
-    # served there by the user-field index; CCPA requests are rare.
-    found = await asyncio.gather(
-        *(
-            db.get_collection(name, read_preference=Primary()).distinct(
-                "campaignId", {path: user_id}
-            )
-            for name, path in ASSOCIATIONS
-        )
-    )
-    return sorted({c for ids in found for c in ids if isinstance(c, str)})
 
 
 def _ids(items: Sequence[ExportUploads]) -> list[str]:

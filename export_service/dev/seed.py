@@ -29,6 +29,17 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pymongo.errors import BulkWriteError
 
+from export_service.sources import (
+    CAMPAIGNS,
+    CODES,
+    ENTRIES,
+    MARKETS,
+    PROMOTERS,
+    SCORING,
+    SMS_WAVES,
+    SOURCE_COLLECTIONS,
+)
+
 if TYPE_CHECKING:
     from pymongo.asynchronous.database import AsyncDatabase
 
@@ -36,15 +47,7 @@ __all__ = ["COLLECTIONS", "SeedPlan", "generate", "seed"]
 
 Doc = dict[str, Any]
 
-COLLECTIONS: Final = (
-    "campaigns",
-    "promoters",
-    "markets",
-    "entries",
-    "scoring",
-    "codes",
-    "sms_waves",
-)
+COLLECTIONS: Final = SOURCE_COLLECTIONS
 
 # Fixed, independent of batch_size, so that the documents are identical whatever the caller's
 # batching; small enough that one chunk of entry documents is a few megabytes.
@@ -927,18 +930,18 @@ def generate(plan: SeedPlan, batch_size: int = 5_000) -> Iterator[tuple[str, lis
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     ctx = _Context(plan)
-    yield "campaigns", [_campaign(ctx)]
+    yield CAMPAIGNS, [_campaign(ctx)]
     if plan.promoters:
-        yield from (("promoters", b) for b in _rebatch([_promoters(ctx)], batch_size))
-    yield from (("markets", b) for b in _rebatch([_markets(ctx)], batch_size))
+        yield from ((PROMOTERS, b) for b in _rebatch([_promoters(ctx)], batch_size))
+    yield from ((MARKETS, b) for b in _rebatch([_markets(ctx)], batch_size))
     entries = (_without_gc(_entries_chunk, ctx, c) for c in ctx.chunks())
-    yield from (("entries", b) for b in _rebatch(entries, batch_size))
+    yield from ((ENTRIES, b) for b in _rebatch(entries, batch_size))
     scoring = (_without_gc(_scoring_chunk, ctx, c) for c in ctx.chunks())
-    yield from (("scoring", b) for b in _rebatch(scoring, batch_size))
-    yield from (("codes", b) for b in _rebatch(_codes(ctx), batch_size))
+    yield from ((SCORING, b) for b in _rebatch(scoring, batch_size))
+    yield from ((CODES, b) for b in _rebatch(_codes(ctx), batch_size))
     waves = _sms_waves(ctx)
     if waves:
-        yield "sms_waves", waves
+        yield SMS_WAVES, waves
 
 
 async def seed(
@@ -955,7 +958,7 @@ async def seed(
             result = await db[name].insert_many(batch, ordered=False)
         except BulkWriteError as exc:
             errors = exc.details.get("writeErrors", [])
-            if name != "promoters" or any(e.get("code") != 11000 for e in errors):
+            if name != PROMOTERS or any(e.get("code") != 11000 for e in errors):
                 raise
             counts[name] += int(exc.details.get("nInserted", 0))
             continue

@@ -7,6 +7,7 @@ and its user has an entry that passes the filters; the email comes from the earl
 
 from __future__ import annotations
 
+from export_service import sources
 from export_service.encoding.formatting import cell, date, text
 from export_service.errors import ExportFailed
 from export_service.exporters.contacts import (
@@ -89,8 +90,8 @@ async def _require_date_key(ctx: Context) -> None:
         raise ExportFailed("codeWaves needs a dateKey")
 
 
-_ASSIGNED_SOURCE = Source("codes", _assigned_filter, _PROJECTION, _USER_ORDER)
-_WAVE_SOURCE = Source("codes", _wave_filter, _PROJECTION, _USER_ORDER)
+_ASSIGNED_SOURCE = Source(sources.CODES, _assigned_filter, _PROJECTION, _USER_ORDER)
+_WAVE_SOURCE = Source(sources.CODES, _wave_filter, _PROJECTION, _USER_ORDER)
 
 
 def _count(source: Source) -> CountFn:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from export_service import sources
 from export_service.encoding.rows import code_row
 from export_service.exporters.spec import (
     ExporterSpec,
@@ -15,7 +16,7 @@ from export_service.models import ExportType
 CODE_COLUMNS = ("code", "type", "status", "market_id", "assigned_to", "assigned_at")
 
 _SOURCE = Source(
-    "codes",
+    sources.CODES,
     campaign_filter,
     {"code": 1, "type": 1, "status": 1, "marketId": 1, "assignedTo": 1, "date.assigned": 1},
 )

@@ -24,6 +24,7 @@ from typing import Any
 
 from pymongo.asynchronous.cursor import AsyncCursor
 
+from export_service import sources
 from export_service.exporters.spec import Context, Doc, Source
 from export_service.exporters.users import USER_SORT
 from export_service.filters import entry_clauses
@@ -87,7 +88,7 @@ class SortedContacts:
             return {}
         if self._cursor is None:
             # Start at the first user asked for: entries of users before it are never needed.
-            self._cursor = self._ctx.db["entries"].find(
+            self._cursor = self._ctx.db[sources.ENTRIES].find(
                 {
                     "campaignId": self._ctx.campaign_id,
                     # The filters and the cut (contract §12): only qualifying entries, as

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from export_service import sources
 from export_service.encoding.entries import ADDITIONAL_MARKETS, ENTRY_COLUMNS, VALUES, EntryEncoder
 from export_service.encoding.formatting import text
 from export_service.encoding.rows import verified_entry_row
@@ -99,7 +100,7 @@ async def _prepare_entries(ctx: Context) -> None:
 async def _count_entries(ctx: Context) -> int:
     # With includeAllMarkets each entry adds one row per additional market.
     if not ctx.export.include_all_markets:
-        return await ctx.db["entries"].count_documents(entries_filter(ctx))
+        return await ctx.db[sources.ENTRIES].count_documents(entries_filter(ctx))
     additional: Doc = {"$ifNull": ["$additionalMarkets", []]}
     own: Doc | int = 1
     listed = _listed_markets(ctx)
@@ -112,13 +113,13 @@ async def _count_entries(ctx: Context) -> int:
         {"$match": _entries_filter(ctx)},
         {"$group": {"_id": None, "n": {"$sum": {"$add": [own, {"$size": additional}]}}}},
     ]
-    result = await (await ctx.db["entries"].aggregate(pipeline)).to_list(1)
+    result = await (await ctx.db[sources.ENTRIES].aggregate(pipeline)).to_list(1)
     return int(result[0]["n"]) if result else 0
 
 
 ENTRIES = ExporterSpec(
     export_type=ExportType.ENTRIES,
-    source=Source("entries", _entries_filter, _entry_projection, document_id=_entry_id),
+    source=Source(sources.ENTRIES, _entries_filter, _entry_projection, document_id=_entry_id),
     columns=entry_columns,
     encoder=_entry_encoder,
     needs_markets=True,
@@ -135,7 +136,7 @@ def _verified_filter(ctx: Context) -> Doc:
 
 
 _VERIFIED_SOURCE = Source(
-    "entries",
+    sources.ENTRIES,
     _verified_filter,
     {"userId": 1, "marketId": 1, "fields.email": 1, "fields.phone": 1, "date.created": 1},
 )

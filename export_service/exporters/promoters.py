@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Final
 
+from export_service import sources
 from export_service.errors import PromotersNotFound
 from export_service.exporters.optins import OPTIN_COLUMNS, USER_PROJECTION, contact_row, opted_in
 from export_service.exporters.spec import Context, Doc, ExporterSpec, Layout, entries_filter
@@ -35,7 +36,7 @@ def _promoter_ids(market: Doc) -> list[str]:
 async def _prepare(ctx: Context) -> None:
     by_market = {market_id: frozenset(_promoter_ids(m)) for market_id, m in ctx.markets.items()}
     named = sorted(set().union(*by_market.values()))
-    cursor = ctx.db["promoters"].find({"_id": {"$in": named}}, {"_id": 1})
+    cursor = ctx.db[sources.PROMOTERS].find({"_id": {"$in": named}}, {"_id": 1})
     found = {doc["_id"] async for doc in cursor}
     missing = [p for p in named if p not in found]
     if missing:

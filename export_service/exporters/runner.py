@@ -18,6 +18,7 @@ from export_service.exporters.layouts import SinkFactory, open_sink
 from export_service.exporters.sinks import CsvSink, OpenWriter, Sink, SinkTarget
 from export_service.exporters.spec import Context, ExporterSpec, Layout, Source
 from export_service.models import StoredFile
+from export_service.sources import campaign_markets
 from export_service.storage import ObjectWriter, Storage, WriterState
 
 # (source, ctx) → the source's documents in raw BSON batches (concatenated documents, as
@@ -168,8 +169,7 @@ async def _encoded(
 
 
 async def load_markets(ctx: Context) -> None:
-    cursor = ctx.db["markets"].find({"campaignId": ctx.campaign_id})
-    ctx.markets = {doc["_id"]: doc async for doc in cursor}
+    ctx.markets = await campaign_markets(ctx.db, ctx.campaign_id)
 
 
 async def run_export(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from export_service import sources
 from export_service.encoding.rows import scoring_row
 from export_service.exporters.spec import (
     BUCKET_OWNER_FULL_CONTROL,
@@ -17,7 +18,7 @@ from export_service.settings import BucketRole
 SCORING_COLUMNS = ("user_id", "entry_id", "market_id", "score", "rank", "selected")
 
 _SOURCE = Source(
-    "scoring",
+    sources.SCORING,
     campaign_filter,
     {"userId": 1, "entryId": 1, "marketId": 1, "score": 1, "rank": 1, "selected": 1},
 )

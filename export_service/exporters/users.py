@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from export_service import sources
 from export_service.exporters.spec import Context, Doc, Source
 
 # A user's entries, earliest first → that user's rows (0..n).
@@ -22,7 +23,7 @@ USER_SORT: Sequence[tuple[str, int]] = (("userId", 1), ("date.created", 1), ("_i
 
 def user_source(filter_fn: Callable[[Context], Doc], projection: Doc | None) -> Source:
     """Entries of the campaign, sorted so that each user's entries are adjacent."""
-    return Source("entries", filter_fn, projection, USER_SORT)
+    return Source(sources.ENTRIES, filter_fn, projection, USER_SORT)
 
 
 @dataclass(frozen=True, slots=True)

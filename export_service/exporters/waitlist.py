@@ -19,6 +19,7 @@ earliest such entry.
 
 from __future__ import annotations
 
+from export_service import sources
 from export_service.encoding.formatting import cell, text
 from export_service.exporters.contacts import (
     close_contacts,
@@ -65,7 +66,7 @@ def _scheduled_waves(ctx: Context) -> Doc:
 async def _load_scheduled_members(ctx: Context) -> None:
     members: set[str] = set()
     # One wave document (up to 16 MB) decoded at a time; only the ids are kept.
-    cursor = ctx.db["sms_waves"].find(_scheduled_waves(ctx), {"_id": 0, "memberIds": 1})
+    cursor = ctx.db[sources.SMS_WAVES].find(_scheduled_waves(ctx), {"_id": 0, "memberIds": 1})
     async for wave in cursor.batch_size(1):
         members.update(user_ids(wave.get("memberIds") or ()))
     ctx.lookups[_MEMBERS] = frozenset(members)
@@ -110,7 +111,7 @@ async def _finish(ctx: Context) -> list[Row]:
 
 # User order (index campaign_selected_user_id), so the contact join is a merge join.
 _SOURCE = Source(
-    "scoring",
+    sources.SCORING,
     _waitlist_filter,
     {"userId": 1, "marketId": 1, "score": 1},
     (("userId", 1), ("_id", 1)),
@@ -127,7 +128,7 @@ async def _count_waitlist(ctx: Context) -> int:
         # Which users have a qualifying entry is known only from the entries: the merge join
         # over user ids, the SCHEDULED members skipped as in the export.
         return await count_joined(ctx, _SOURCE, "userId", _scheduled_members(ctx).__contains__)
-    scoring = ctx.db["scoring"]
+    scoring = ctx.db[sources.SCORING]
     source = _waitlist_filter(ctx)
     total = await scoring.count_documents(source)
     members = sorted(_scheduled_members(ctx))

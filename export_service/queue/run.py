@@ -55,6 +55,7 @@ from export_service.liveness import Liveness
 from export_service.models import Export, ExportStatus, StoredFile, utcnow
 from export_service.queue.repository import Beat, ExportRepository, PendingUpload
 from export_service.settings import Settings
+from export_service.sources import find_campaign
 from export_service.storage import RUN_HALTED, Storage
 
 log = structlog.get_logger(__name__)
@@ -428,7 +429,7 @@ class ExportRun:
         spec = spec_for(export.export_type)
         if spec is None:
             raise ExportFailed(f"export type {export.export_type.value} is not available")
-        campaign = await self._env.db["campaigns"].find_one({"_id": export.campaign_id})
+        campaign = await find_campaign(self._env.db, export.campaign_id)
         if campaign is None:
             raise CampaignNotFound(f"CampaignNotFound: campaign {export.campaign_id} is gone")
         resume = await self._begin()
