@@ -30,6 +30,7 @@ from export_service.queue.worker import Worker
 from export_service.retention import Retention
 from export_service.runtime import s3_credentials, s3_endpoint
 from export_service.settings import Settings
+from export_service.sources import SOURCE_INDEXES
 from export_service.storage import Storage
 from export_service.webhooks.notifier import Notifier
 from export_service.webhooks.outbox import Outbox
@@ -285,12 +286,12 @@ def assert_sorts_served(queries: dict[tuple[str, str], Query]) -> None:
     scoring (the joined types' sources, contract §12) has one that bounds the listed markets."""
     market_filtered: set[str] = set()
     for (collection, filter_shape), query in queries.items():
-        if collection not in dbmod.SOURCE_INDEXES or "sort" not in query.command:
+        if collection not in SOURCE_INDEXES or "sort" not in query.command:
             continue
         filter_, sort = query.command.get("filter", {}), query.command["sort"]
         bounds = [
             sorted_by(list(index.document["key"].items()), filter_, sort)
-            for index in dbmod.SOURCE_INDEXES[collection]
+            for index in SOURCE_INDEXES[collection]
         ]
         served = [b for b in bounds if b is not None]
         assert served, f"no index returns {collection} {filter_shape} in {sort} order"
