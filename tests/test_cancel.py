@@ -19,6 +19,7 @@ from export_service.models import ExportStatus, ExportType, utcnow
 from export_service.runtime import Services
 from export_service.settings import Settings
 from tests.support.app import app_services, auth, make_settings
+from tests.support.commands import ExportWrites
 from tests.support.data import CAMPAIGN, add_campaign, queue_exports, seed_big_entries
 from tests.support.faults import UPLOAD_PART, S3FaultProxy, operations
 from tests.support.gates import Gate, until
@@ -217,6 +218,48 @@ async def test_cancel_racing_the_end_settles_on_one_status_with_nothing_half_wri
             assert key not in keys and not ended.files
         seen.add(ended.status)
     assert seen == {ExportStatus.FINISHED, ExportStatus.FAILED}  # both sides of the race ran
+
+
+async def test_a_single_put_is_recorded_and_fenced_in_one_write_and_not_at_all_once_cancelled(
+    settings: Settings,
+) -> None:
+    """A small file goes up in one PutObject: right before it, one write records the object and
+    checks the run still holds the export and nobody cancelled it. A run cancelled by then
+    (in MongoDB alone: no wake-up) matches no such write and writes no object."""
+    writes = ExportWrites()
+    async with Services.open(settings, create_buckets=True, listeners=[writes]) as services:
+        try:
+            await add_campaign(services.db)
+            await services.db["codes"].insert_many(
+                [{"_id": f"c{i}", "campaignId": CAMPAIGN, "code": f"C{i}", "status": "AVAILABLE"}
+                 for i in range(120)]
+            )  # fmt: skip
+            finished, cancelled = await queue_exports(services, 2, ExportType.CODES)
+            done = await services.worker.process()
+            assert done is not None and done.id == finished.id
+            assert done.status is ExportStatus.FINISHED
+            ((query, update),) = writes.pushes(finished.id)
+            assert query["cancelRequested"] == {"$ne": True} and query["workerId"]
+            assert [u["key"] for u in update["$push"].values()] == [done.files[0].key]
+            assert "heartbeatAt" in update["$set"]
+
+            gate = Gate()
+            services.worker.batch_hook = gate
+            run = asyncio.create_task(services.worker.process())
+            await asyncio.wait_for(gate.reached.wait(), 30)
+            result = await services.repository.cancel(cancelled.id, CAMPAIGN, "someone")
+            assert result is not None and result.outcome == "requested"
+            gate.release.set()
+            ended = await asyncio.wait_for(run, 30)
+            assert ended is not None and ended.cancelled
+            # Its one attempt to record the object matched nothing: it excludes cancelled runs.
+            ((query, _),) = writes.pushes(cancelled.id)
+            assert query["cancelRequested"] == {"$ne": True}
+            assert await object_keys(services.storage, settings.bucket_exports) == [
+                done.files[0].key
+            ]
+        finally:
+            await services.client.drop_database(settings.mongo_db)
 
 
 async def test_a_cancelled_run_is_never_requeued_and_a_dead_workers_is_ended(

@@ -51,6 +51,10 @@ class RunControl(Protocol):
     async def still_ours(self) -> None:
         """Right before an object is made visible: raises if it must not be."""
 
+    async def object_started(self, bucket: str, key: str) -> None:
+        """A single PutObject is about to make an object visible: `upload_started` and
+        `still_ours` in one step (an export of small objects pays one round trip each)."""
+
     async def checkpoint(self, checkpoint: Checkpoint) -> None:
         """A new checkpoint of a resumable run."""
 
@@ -75,6 +79,9 @@ class Unsupervised:
         return None
 
     async def still_ours(self) -> None:
+        return None
+
+    async def object_started(self, bucket: str, key: str) -> None:
         return None
 
     async def checkpoint(self, checkpoint: Checkpoint) -> None:
@@ -239,6 +246,9 @@ def _object_writers(run: RunControl, storage: Storage, bucket: str, acl: str | N
         async def started(upload_id: str | None) -> None:
             await run.upload_started(bucket, key, upload_id)
 
+        async def put() -> None:
+            await run.object_started(bucket, key)
+
         return storage.writer(
             bucket,
             key,
@@ -246,6 +256,7 @@ def _object_writers(run: RunControl, storage: Storage, bucket: str, acl: str | N
             content_type=content_type,
             on_start=started,
             before_commit=run.still_ours,
+            before_put=put,
         )
 
     return open_writer

@@ -490,6 +490,21 @@ class ExportRepository:
         )
         return result.matched_count == 1
 
+    async def record_put(self, export_id: str, worker_id: str, upload: PendingUpload) -> Beat:
+        """`add_upload` and `heartbeat` in one write, right before a single PutObject: the
+        object is recorded only while the run is ours and nobody asked to cancel it (it is
+        not written otherwise, so there is nothing to clean up)."""
+        owned = self._owned(export_id, worker_id)
+        result = await self._exports.update_one(
+            {**owned, **_NOT_CANCELLED},
+            {"$push": {"uploads": upload.to_doc()}, "$set": {"heartbeatAt": utcnow()}},
+        )
+        if result.matched_count == 1:
+            return Beat.OURS
+        if await self._exports.find_one(owned, {"_id": 1}) is not None:
+            return Beat.CANCEL
+        return Beat.LOST
+
     async def remove_upload(self, export_id: str, worker_id: str, upload: PendingUpload) -> None:
         await self._exports.update_one(
             self._owned(export_id, worker_id), {"$pull": {"uploads": upload.to_doc()}}

@@ -521,6 +521,17 @@ class ExportRun:
         if beat is Beat.CANCEL:
             raise ExportCancelled()
 
+    async def object_started(self, bucket: str, key: str) -> None:
+        # `upload_started` + `still_ours` in one write: a stopped, lost or cancelled run
+        # neither records nor writes the object.
+        self._check()
+        upload = PendingUpload(bucket, key, None)
+        beat = await self._repository.record_put(self.export.id, self._worker_id, upload)
+        if beat is Beat.LOST:
+            raise ExportLost()
+        if beat is Beat.CANCEL:
+            raise ExportCancelled()
+
     async def checkpoint(self, checkpoint: Checkpoint) -> None:
         saved = await self._repository.save_checkpoint(
             self.export.id, self._worker_id, checkpoint.to_doc()
