@@ -16,7 +16,9 @@
 # 3.11, the version the test suite runs on. 3.12+ would also be safer against the pymongo wedge
 # (its `asyncio.wait_for` no longer runs the awaited coroutine in a task of its own), but the
 # service does not rely on that: it never cancels a task inside a driver call (queue/worker.py).
-ARG PYTHON_IMAGE=python:3.11-slim
+# Pinned to a patch release on a named Debian (the floating `3.11-slim` moves to new Debian
+# releases and patches on its own); bump it deliberately, e.g. to take a security release.
+ARG PYTHON_IMAGE=python:3.11.17-slim-bookworm
 
 # ---------------------------------------------------------------------------------------------
 # builder: a self-contained virtualenv in /opt/venv holding the service and its pinned deps.

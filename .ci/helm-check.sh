@@ -190,6 +190,14 @@ expect default.yaml '^kind: ServiceMonitor$' 0
 expect default.yaml '^kind: PodMonitor$' 0
 expect default.yaml 'EXPORT_SERVICE_WORKER_METRICS_PORT: "9100"' 1
 expect default.yaml '^kind: Secret$' 0
+expect default.yaml '^kind: NetworkPolicy$' 0
+expect default.yaml '^kind: PrometheusRule$' 0
+expect default.yaml '^  *image: "export-service:0.1.0"$' 3
+if [[ -f "$OUT/hardened-values.yaml" ]]; then
+  expect hardened-values.yaml '^kind: NetworkPolicy$' 2
+  expect hardened-values.yaml '^kind: PrometheusRule$' 1
+  expect hardened-values.yaml '^  *image: "registry.example.com/export-service@sha256:[0-9a-f]\{64\}"$' 3
+fi
 if [[ -f "$OUT/aws-irsa-values.yaml" ]]; then
   expect aws-irsa-values.yaml '^kind: HorizontalPodAutoscaler$' 1
   expect aws-irsa-values.yaml '^kind: ServiceMonitor$' 1

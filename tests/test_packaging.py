@@ -28,6 +28,9 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 DEPLOY_DOC = ROOT / "docs" / "deploy.md"
 IRSA_VALUES = CHART / "ci" / "aws-irsa-values.yaml"
+HARDENED_VALUES = CHART / "ci" / "hardened-values.yaml"
+CHART_README = CHART / "README.md"
+OPERATIONS_DOC = ROOT / "docs" / "operations.md"
 
 HELM_CANNOT_INSTALL = 3  # the script's exit status when no helm binary could be installed
 
@@ -58,7 +61,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[st
     manifests = {}
     for path in sorted(out.glob("*.yaml")):
         manifests[path.name] = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-    assert {"default.yaml", "aws-irsa-values.yaml"} <= manifests.keys()
+    assert {"default.yaml", "aws-irsa-values.yaml", "hardened-values.yaml"} <= manifests.keys()
     return manifests
 
 
@@ -293,6 +296,115 @@ def test_worker_serves_metrics_and_liveness_and_is_scraped(
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
 
 
+def _containers(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    pods = [d["spec"]["template"]["spec"] for d in _by_kind(docs, "Deployment")]
+    pods += [d["spec"] for d in _by_kind(docs, "Pod")]
+    return [c for pod in pods for c in pod["containers"]]
+
+
+def test_image_is_pinned_by_digest_when_one_is_given(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    yaml = pytest.importorskip("yaml")
+    image = yaml.safe_load(HARDENED_VALUES.read_text())["image"]
+    pinned = _containers(rendered["hardened-values.yaml"])
+    assert len(pinned) == 3  # api, worker, the helm test pod
+    assert {c["image"] for c in pinned} == {f"{image['repository']}@{image['digest']}"}
+    assert {c["image"] for c in _containers(rendered["default.yaml"])} == {"export-service:0.1.0"}
+
+
+def _policy(docs: list[dict[str, Any]], component: str) -> dict[str, Any]:
+    pod_labels = _deployment(docs, component)["spec"]["template"]["metadata"]["labels"]
+    (policy,) = [
+        p for p in _by_kind(docs, "NetworkPolicy")
+        if _matches(p["spec"]["podSelector"]["matchLabels"], pod_labels)
+    ]  # fmt: skip
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    return policy
+
+
+def _egress_ports(policy: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
+    """Egress rules by TCP port: what each port may reach (every rule names its ports)."""
+    by_port: dict[int, list[dict[str, Any]]] = {}
+    for rule in policy["spec"]["egress"]:
+        assert rule.get("ports"), f"an egress rule without ports opens everything: {rule}"
+        for port in rule["ports"]:
+            if port["protocol"] == "TCP":
+                by_port.setdefault(port["port"], []).extend(rule.get("to", [{}]))
+    return by_port
+
+
+def test_network_policies_limit_ingress_to_the_ports_and_egress_to_the_dependencies(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    assert not _by_kind(rendered["default.yaml"], "NetworkPolicy"), "off by default"
+    docs = rendered["hardened-values.yaml"]
+    api, worker = _policy(docs, "api"), _policy(docs, "worker")
+    monitoring = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+    }
+
+    (api_in,) = api["spec"]["ingress"]
+    assert api_in["ports"] == [{"port": 8080, "protocol": "TCP"}]
+    ingress_nginx = {"kubernetes.io/metadata.name": "ingress-nginx"}
+    assert {"namespaceSelector": {"matchLabels": ingress_nginx}} in api_in["from"]
+    assert monitoring in api_in["from"]
+    (test_pod,) = _by_kind(docs, "Pod")
+    assert any(
+        "podSelector" in peer and _matches(peer["podSelector"]["matchLabels"],
+                                           test_pod["metadata"]["labels"])
+        for peer in api_in["from"]
+    ), "the helm test pod reaches the api"  # fmt: skip
+    (worker_in,) = worker["spec"]["ingress"]
+    assert worker_in == {"ports": [{"port": 9100, "protocol": "TCP"}], "from": [monitoring]}
+
+    api_out, worker_out = _egress_ports(api), _egress_ports(worker)
+    assert set(api_out) == {53, 27017, 443, 4318}
+    assert set(worker_out) == {53, 27017, 443, 4318}
+    assert api_out[27017] == [{"ipBlock": {"cidr": "10.20.0.0/16"}}]
+    # S3 from both; webhook receivers (also 443) from the worker only: the worker delivers.
+    webhook = {"ipBlock": {"cidr": "203.0.113.0/24"}}
+    assert webhook in worker_out[443] and webhook not in api_out[443]
+    assert {"ipBlock": {"cidr": "52.216.0.0/15"}} in api_out[443]
+    assert all("ipBlock" not in peer or peer["ipBlock"]["cidr"] != "0.0.0.0/0"
+               for peers in (*api_out.values(), *worker_out.values()) for peer in peers)  # fmt: skip
+
+
+def _documented_alerts() -> list[str]:
+    text = OPERATIONS_DOC.read_text()
+    block = text.split("Alerts worth having", 1)[1].split("```promql\n", 1)[1].split("```", 1)[0]
+    queries = [line.split("#", 1)[0].strip() for line in block.splitlines()]
+    return [q for q in queries if q]
+
+
+def test_prometheus_rule_holds_the_alerts_the_operations_doc_describes(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    assert not _by_kind(rendered["default.yaml"], "PrometheusRule"), "off by default"
+    (rule,) = _by_kind(rendered["hardened-values.yaml"], "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    (group,) = rule["spec"]["groups"]
+    alerts = group["rules"]
+    assert all(a["labels"]["severity"] and a["labels"]["team"] == "fan-data" for a in alerts)
+    assert all(a["annotations"]["summary"] and a["for"] for a in alerts)
+    # Scoped to the release's namespace; without that matcher, word for word the doc's queries.
+    exprs = [a["expr"] for a in alerts]
+    assert all('namespace="exports"' in e for e in exprs)
+    unscoped = [e.replace('{namespace="exports"}', "").replace('namespace="exports",', "")
+                for e in exprs]  # fmt: skip
+    assert unscoped == _documented_alerts()
+
+
+def test_chart_readme_values_table_is_made_from_values_yaml() -> None:
+    from scripts.chart_readme import with_table
+
+    readme = CHART_README.read_text()
+    assert readme == with_table(readme), "run: python scripts/chart_readme.py"
+    for key in ("networkPolicy.enabled", "prometheusRule.enabled", "image.digest"):
+        assert f"| `{key}` |" in readme
+
+
 def test_deploy_doc_example_is_the_rendered_values_file() -> None:
     yaml = pytest.importorskip("yaml")
     text = DEPLOY_DOC.read_text()
@@ -370,7 +482,9 @@ def test_dockerfile_is_multi_stage_from_slim_python() -> None:
         image = stage[0][1].split()[0]
         return re.sub(r"\$\{?(\w+)\}?", lambda m: global_args.get(m.group(1), m.group(0)), image)
 
-    assert base(stages[-1]) == "python:3.11-slim"
+    # A patch release on a named Debian, not a floating tag.
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", base(stages[-1])), base(stages[-1])
+    assert all(base(stage) == base(stages[-1]) for stage in stages)
     builder_name = stages[0][0][1].split()[-1]
     runtime = stages[-1]
     assert any(k == "COPY" and f"--from={builder_name}" in v for k, v in runtime), (
@@ -412,7 +526,7 @@ def test_dockerfile_runtime_settings() -> None:
 
     (healthcheck,) = [v for k, v in runtime if k == "HEALTHCHECK"]
     assert "/heartbeat" in healthcheck
-    assert not re.search(r"\b(curl|wget)\b", healthcheck), "python:3.11-slim has no curl/wget"
+    assert not re.search(r"\b(curl|wget)\b", healthcheck), "the slim Python base has no curl/wget"
     command = healthcheck.partition("CMD ")[2]
     assert _exec_form(command)[0] == "python"
 
