@@ -148,6 +148,17 @@ class Settings(BaseSettings):
     jwt_audience: str | None = Field(
         default=None, description="When set, a token's `aud` must name this (else 401)."
     )
+    auth_cache_size: int = Field(
+        default=10_000,
+        ge=0,
+        description="Verified tokens remembered per process, each until its `exp`; 0 = off.",
+    )
+    signed_url_cache_size: int = Field(
+        default=10_000,
+        ge=0,
+        description="Signed download URLs remembered per process, each for the first tenth of "
+        "its lifetime; 0 = off.",
+    )
     max_body_bytes: int = Field(default=64 * 1024, description="Largest accepted request body.")
 
     # --- Queue / worker ------------------------------------------------------------------

@@ -25,6 +25,7 @@ from export_service import metrics, telemetry
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3.client import S3Client
+from export_service.caches import SignedUrls
 from export_service.errors import StorageError
 from export_service.halting import Halted, unless_halted
 from export_service.settings import Settings
@@ -98,6 +99,7 @@ class Storage:
     def __init__(self, client: S3Client, settings: Settings) -> None:
         self._s3 = client
         self._settings = settings
+        self._urls = SignedUrls(settings.signed_url_ttl_seconds, settings.signed_url_cache_size)
 
     @classmethod
     @asynccontextmanager
@@ -180,11 +182,18 @@ class Storage:
         return True
 
     async def presign(self, bucket: str, key: str) -> str:
+        """A download URL valid `signed_url_ttl_seconds`; one signed less than a tenth of that
+        ago is handed out again (signing is CPU work on every GET: README "What a GET costs")."""
+        cached = self._urls.get(bucket, key)
+        if cached is not None:
+            return cached
+        signed_at = self._urls.now()
         url: str = await self._s3.generate_presigned_url(
             "get_object",
             Params={"Bucket": bucket, "Key": key},
             ExpiresIn=self._settings.signed_url_ttl_seconds,
         )
+        self._urls.put(bucket, key, url, signed_at)
         return url
 
     async def delete(self, bucket: str, keys: Sequence[str]) -> None:

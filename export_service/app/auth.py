@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import jwt
 
+from export_service.caches import Clock, TokenVerdicts
 from export_service.errors import Forbidden, Unauthorized
 
 REPORT = "REPORT"
@@ -31,7 +32,8 @@ class Principal:
 
 
 class Authenticator:
-    """`issuer`/`audience`: when set, a token must carry that `iss`/`aud` (contract §16)."""
+    """`issuer`/`audience`: when set, a token must carry that `iss`/`aud` (contract §16).
+    `cache_size`: verified tokens remembered (`TokenVerdicts`: until each one's `exp`); 0 = off."""
 
     def __init__(
         self,
@@ -40,12 +42,15 @@ class Authenticator:
         public_key: str | None,
         issuer: str | None = None,
         audience: str | None = None,
+        cache_size: int = 0,
+        clock: Clock = time.time,
     ) -> None:
         self._issuer = issuer
         self._audience = audience
         self._required = (
             ["exp", "sub"] + (["iss"] if issuer else []) + (["aud"] if audience else [])
         )
+        self._verdicts: TokenVerdicts[Principal] = TokenVerdicts(cache_size, clock)
         self._keys: list[tuple[str | bytes, str]] = []
         if public_key:
             self._keys.append((public_key, "RS256"))
@@ -60,8 +65,16 @@ class Authenticator:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("Unauthorized: expected 'Authorization: Bearer <token>'")
-        claims = self._decode(token.strip())
-        return _principal(claims)
+        token = token.strip()
+        principal = self._verdicts.get(token)
+        if principal is not None:
+            return principal
+        claims = self._decode(token)
+        principal = _principal(claims)
+        exp = claims.get("exp")
+        if isinstance(exp, int | float):
+            self._verdicts.put(token, principal, float(exp))
+        return principal
 
     def _decode(self, token: str) -> dict[str, object]:
         try:

@@ -63,6 +63,7 @@ def create_app(
         public_key=settings.jwt_public_key,
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
+        cache_size=settings.auth_cache_size,
     )
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
