@@ -389,6 +389,9 @@ async def run(args: argparse.Namespace, uri: str, s3: str) -> dict[str, Any]:
                     + f", load {r['load_before'][0]}",
                     flush=True,
                 )
+            # What is measured so far, so that a run stopped midway keeps it.
+            partial = {**results, "runs": runs, "summary": summary(runs), "partial": True}
+            write_results(args.results, partial, args.write_results)
         results["runs"] = runs
         results["summary"] = summary(runs)
         if args.data_dir is None:
