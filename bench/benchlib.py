@@ -21,6 +21,7 @@ from export_service.dev.embedded import (
     s3_command,
     stop_process,
 )
+from export_service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED_RESULTS = ROOT / "bench" / "results"
@@ -114,6 +115,21 @@ def secantus_server(data_dir: Path | None = None) -> Iterator[str]:
             yield server.uri
         finally:
             server.stop()
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes `export-service worker` use exactly these settings (quiet:
+    warnings and errors only)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORT_SERVICE_")}
+    for name in settings.model_fields_set:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env["EXPORT_SERVICE_" + name.upper()] = str(value)
+    env["EXPORT_SERVICE_LOG_LEVEL"] = "WARNING"
+    return env
 
 
 def s3_settings(endpoint: str) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from bench.benchlib import (
     s3_settings,
     secantus_server,
     table,
+    worker_env,
     write_results,
 )
 from export_service.dev.seed import SeedPlan, seed
@@ -69,19 +70,6 @@ def dir_bytes(root: Path) -> int:
             except OSError:
                 continue  # removed meanwhile
     return total
-
-
-def worker_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORT_SERVICE_")}
-    for name in settings.model_fields_set:
-        value = getattr(settings, name)
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env["EXPORT_SERVICE_" + name.upper()] = str(value)
-    env["EXPORT_SERVICE_LOG_LEVEL"] = "WARNING"
-    return env
 
 
 async def one_export(
