@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import time
 from pathlib import Path
@@ -10,18 +11,21 @@ from typing import Any
 
 import bson
 import pytest
+from pydantic import SecretStr
 from pymongo import monitoring
 from pymongo.errors import ConnectionFailure
 
 from export_service.db import connect
 from export_service.errors import EncoderLost
+from export_service.exporters import spec_for
+from export_service.exporters.checkpoint import resumable
 from export_service.models import Export, ExportStatus, ExportType, utcnow
 from export_service.queue.worker import Worker
 from export_service.runtime import Services
 from tests.support.app import make_settings
 from tests.support.data import entry, queue_exports, seed_big_entries
 from tests.support.encoders import kill_children_holding_batches, stop_children
-from tests.support.faults import UPLOAD_PART, S3Request, TcpProxy
+from tests.support.faults import COMPLETE_MPU, UPLOAD_PART, S3Request, TcpProxy
 from tests.support.gates import until
 from tests.support.proxied import proxied
 from tests.support.s3 import download, multipart_uploads, object_sha256
@@ -117,6 +121,29 @@ async def interrupt_by_shutdown(services: Services, parts: int) -> Export:
     assert requeued is not None and requeued.status is ExportStatus.PENDING
     assert requeued.checkpoint is not None and len(requeued.checkpoint["parts"]) >= parts
     return requeued
+
+
+def test_readme_says_for_every_type_whether_it_resumes_as_the_code_decides() -> None:
+    """The README's table (Interrupted runs resume) names each type once, and says "resumes"
+    exactly for the types `checkpoint.resumable` accepts."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("### Interrupted runs resume") :]
+    table = section[section.index("| type | interrupted run | why |") :].split("\n\n", 1)[0]
+    said: dict[str, bool] = {}
+    for line in table.splitlines()[2:]:
+        types, verdict, _why = (cell.strip() for cell in line.strip("|").split("|"))
+        for name in re.findall(r"`(\w+)`", types):
+            assert name not in said, f"{name} twice in the README's table"
+            said[name] = verdict.startswith("resumes")
+    decided = {}
+    for export_type in ExportType:
+        spec = spec_for(export_type)
+        assert spec is not None
+        decided[export_type.value] = resumable(spec)
+    assert said == decided
+    assert sorted(t for t, resumes in said.items() if resumes) == [
+        "codes", "entries", "scoring", "verifiedEntries",
+    ]  # fmt: skip
 
 
 async def test_shutdown_past_grace_resumes_byte_identical(services: Services) -> None:
@@ -352,3 +379,93 @@ async def test_resumed_run_keeps_the_first_runs_cut(services: Services) -> None:
     # The same file as an uninterrupted export whose cut excludes them too.
     await services.db["entries"].delete_many({"_id": {"$in": [d["_id"] for d in late]}})
     await assert_as_uninterrupted(services, done)
+
+
+async def test_part_of_a_fenced_run_landing_after_the_resume_restarts_cleanly(
+    mongo_uri: str, s3_endpoint: str
+) -> None:
+    """A run judged dead but alive (cut off from MongoDB) may still upload a part into the
+    upload the next run resumed: its part 2, of rows since changed, lands over the new run's
+    part 2 just before the new run completes. S3 refuses the part list (InvalidPart); the new
+    run aborts that upload and starts over from row 0 with one the fenced run does not know."""
+    slow = {"s3_call_timeout_seconds": 60, "heartbeat_interval_millis": 100}
+    async with (
+        await TcpProxy.start("127.0.0.1", port_of(mongo_uri)) as cut_off,
+        proxied(
+            f"mongodb://{cut_off.address}/?directConnection=true",
+            s3_endpoint,
+            heartbeat_timeout_millis=600,
+            mongo_timeout_ms=300,
+            **slow,
+        ) as setup,
+    ):
+        zombie = setup.services  # its MongoDB goes through `cut_off`, its S3 through the proxy
+        settings = zombie.settings.model_copy(update={"mongo_uri": SecretStr(mongo_uri)})
+        async with Services.open(settings) as services:
+            await seed_big_entries(services, n=ROWS)
+            (export,) = await queue_exports(services, 1, ExportType.ENTRIES)
+            parts_2: list[S3Request] = []
+
+            def first_part_2(request: S3Request) -> bool:
+                if request.operation != UPLOAD_PART or request.query.get("partNumber") != "2":
+                    return False
+                parts_2.append(request)
+                return len(parts_2) == 1
+
+            completing = asyncio.Event()
+
+            def complete(request: S3Request) -> bool:
+                if request.operation == COMPLETE_MPU:
+                    completing.set()
+                    return True
+                return False
+
+            held_part = setup.proxy.stall(match=first_part_2)
+            held_complete = setup.proxy.stall(match=complete)
+            fenced = asyncio.create_task(zombie.worker.process())
+
+            async def part_1_checkpointed() -> bool:
+                current = await services.repository.get(export.id)
+                return current is not None and len((current.checkpoint or {}).get("parts", [])) == 1
+
+            await until("part 1 checkpointed, part 2 held", part_1_checkpointed, timeout=60)
+            assert len(parts_2) == 1
+            cut_off.stall(True)  # its beats stop landing: judged dead
+            try:
+
+                async def swept() -> bool:
+                    return bool(await services.worker.sweep())
+
+                await until("the fenced run's export re-queued", swept)
+                # Rows of part 2 change before the new run reads them: its part 2 differs.
+                changed = await services.db["entries"].update_one(
+                    {"_id": "e060"}, {"$set": {"fields.first_name": "Changed"}}
+                )
+                assert changed.modified_count == 1
+                rerun = asyncio.create_task(services.worker.process())
+                await asyncio.wait_for(completing.wait(), 60)
+                resumed = await services.repository.get(export.id)
+                assert resumed is not None and resumed.resumed_from == 50
+                checkpoint = resumed.checkpoint
+                assert checkpoint is not None
+                (new_part_2,) = [p for p in checkpoint["parts"] if p["PartNumber"] == 2]
+                held_part.remove()  # the fenced run's part 2 goes on to S3, over the new one
+
+                async def overwritten() -> bool:
+                    parts = await setup.direct.uploaded_parts(
+                        checkpoint["bucket"], checkpoint["key"], checkpoint["uploadId"]
+                    )
+                    return any(p.number == 2 and p.etag != new_part_2["ETag"] for p in parts or [])
+
+                await until("the fenced run's part 2 on S3", overwritten, timeout=60)
+                held_complete.remove()
+                done = await asyncio.wait_for(rerun, 120)
+                assert done is not None and done.id == export.id
+                assert done.status is ExportStatus.FINISHED, done.error
+                assert done.resumed_from is None  # started over
+                cut_off.stall(False)
+                await asyncio.wait_for(fenced, 60)  # it learns it lost the export, and stops
+                await assert_as_uninterrupted(services, done)  # of the changed data
+                assert await multipart_uploads(setup.direct, setup.bucket) == []
+            finally:
+                cut_off.stall(False)

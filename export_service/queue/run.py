@@ -45,6 +45,7 @@ from export_service.errors import (
     ExportFailed,
     ExportLost,
     ExportServiceError,
+    StorageError,
 )
 from export_service.exporters import spec_for
 from export_service.exporters.checkpoint import Checkpoint, resumable
@@ -440,9 +441,25 @@ class ExportRun:
         ctx = Context(
             export=export, db=self._env.db, settings=self._env.settings, campaign=campaign
         )
-        return await run_export(
-            spec, ctx, self, self._env.storage, encoders=self._env.encoders, resume=resume
+        try:
+            return await run_export(
+                spec, ctx, self, self._env.storage, encoders=self._env.encoders, resume=resume
+            )
+        except StorageError as exc:
+            if resume is None or exc.payload.get("s3_code") != "InvalidPart":
+                raise
+        # A run fenced off before us but still alive (cut off from MongoDB, say) uploaded a
+        # part into the upload we resumed after we checked it, and S3 refuses our part list.
+        # The runner has aborted that upload; start over from row 0 with a new one, which no
+        # earlier run knows of (and so with this run's own cut).
+        log.warning("checkpoint_discarded", reason="part overwritten", rows=resume.rows)
+        if not await self._repository.begin_run(self.export.id, self._worker_id, None, None):
+            raise ExportLost()
+        self._producing = self.export
+        ctx = Context(
+            export=self.export, db=self._env.db, settings=self._env.settings, campaign=campaign
         )
+        return await run_export(spec, ctx, self, self._env.storage, encoders=self._env.encoders)
 
     async def _begin(self) -> Checkpoint | None:
         """Settle what earlier runs left in S3 before this run writes: the checkpoint to resume
