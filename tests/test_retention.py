@@ -34,6 +34,7 @@ from tests.support.faults import DELETE_OBJECTS, S3Request
 from tests.support.gates import until
 from tests.support.proxied import Proxied, proxied
 from tests.support.s3 import object_keys
+from tests.support.workers import WorkerProcess, pid_of
 
 Doc = dict[str, Any]
 
@@ -405,6 +406,43 @@ async def test_sweep_cut_off_mid_batch_is_resumed_by_another_worker_once_its_lea
     assert await object_keys(faulty.direct, scoring) == []
     assert set(await purge_records(services)) == {first, second}
     assert {p["reason"] for p in (await purged(services)).values()} == {RETENTION}
+
+
+async def test_worker_process_sigkilled_mid_sweep_is_resumed_once_its_lease_ends(
+    faulty: Proxied, tmp_path: Path
+) -> None:
+    services = faulty.services
+    exports, scoring = services.settings.bucket_exports, services.settings.bucket_scoring
+    first = await old(services, ExportType.ENTRIES, 35, "k1.csv")
+    second = await old(services, ExportType.SCORING, 31, "k2.csv", bucket=scoring)
+
+    def delete_in_scoring(req: S3Request) -> bool:
+        return is_delete(req) and req.path == f"/{scoring}"
+
+    # A real `export-service worker` sweeps at its start; it is SIGKILLed while S3 holds its
+    # second DeleteObjects, after the first bucket's objects went and before any mark.
+    stall = faulty.proxy.stall(match=delete_in_scoring)
+    proc = WorkerProcess(services.settings, tmp_path, "worker")
+    try:
+        await until("the worker's second DeleteObjects", lambda: stall.injected == 1, timeout=60)
+        proc.kill()
+    finally:
+        proc.stop()
+    stall.remove()
+    assert "retention_sweep_started" in [e["event"] for e in proc.events()]
+    assert await object_keys(faulty.direct, exports) == []
+    assert await object_keys(faulty.direct, scoring) == ["k2.csv"]
+    assert await purged(services) == {} and await purge_records(services) == {}
+    lease = await services.db["leases"].find_one({"_id": "retention"})
+    assert lease is not None and pid_of(lease["owner"]) == proc.pid
+
+    now = utcnow()
+    assert await services.retention.sweep(now) is None  # the dead worker's lease still holds
+    resumed = await services.retention.sweep(now + LEASE)
+
+    assert resumed is not None and resumed.purged == [first, second]
+    assert await object_keys(faulty.direct, scoring) == []
+    assert set(await purge_records(services)) == {first, second}
 
 
 async def test_worker_process_sweeps_on_its_own_at_the_interval(
