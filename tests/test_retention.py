@@ -455,8 +455,15 @@ async def test_worker_process_sweeps_on_its_own_at_the_interval(
         export_id = await old(services, ExportType.ENTRIES, 31, "loop.csv")
         loop = asyncio.create_task(services.retention.run())
         try:
-            await until("the loop's sweep", lambda: purged(services))
-            lease = await services.db["leases"].find_one({"_id": "retention"})
+
+            async def completed() -> Doc | None:
+                # Handed back with `last` once the sweep is over (after its marks).
+                return await services.db["leases"].find_one(
+                    {"_id": "retention", "last": {"$exists": True}}
+                )
+
+            await until("the loop's sweep", completed)
+            lease = await completed()
             assert lease is not None and lease["last"]["owner"] == services.worker.worker_id
         finally:
             services.retention.shutdown()
