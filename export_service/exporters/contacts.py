@@ -142,7 +142,7 @@ async def count_joined(
     ctx: Context,
     source: Source,
     user_field: str,
-    skip: Callable[[Any], bool] | None = None,
+    skip: Callable[[str], bool] | None = None,
 ) -> int:
     """The rows of a filtered joined export: `source` documents (minus those whose user `skip`
     names) whose user has a qualifying entry.
@@ -159,11 +159,12 @@ async def count_joined(
     total = 0
     try:
         while batch := await cursor.to_list(size):
-            users = [doc.get(user_field) for doc in batch]
+            # Only string ids can match an entry (and be skipped).
+            users = [u for doc in batch if isinstance(u := doc.get(user_field), str)]
             if skip is not None:
                 users = [user for user in users if not skip(user)]
             found = await join.lookup(users)
-            total += sum(1 for user in users if isinstance(user, str) and user in found)
+            total += sum(1 for user in users if user in found)
     finally:
         await cursor.close()
         await join.close()
