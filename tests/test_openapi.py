@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from export_service.app.openapi import openapi_document
 from export_service.app.schemas import DATE_KEY_PATTERN, CreateExport
+from export_service.filters import FILTERABLE_TYPES
 from tests.support.app import app_services, auth
 from tests.support.browser import CHROMIUM, CHROMIUM_FLAGS
 from tests.support.data import CAMPAIGN, add_campaign
@@ -179,3 +180,12 @@ async def test_docs_page_renders_every_route_in_headless_chromium(
     assert "<title>export-service" in dom
     for schema in ("CreateExport", "ExportView", "ErrorBody", "CcpaResult"):
         assert f'id="schema-{schema}"' in dom
+
+
+def test_documented_filters_name_exactly_the_types_that_take_them() -> None:
+    # contract §12: every type that reads entries, the joined ones included; not codes, scoring.
+    described = openapi_document()["components"]["schemas"]["CreateExport"]["properties"]
+    listed = described["filters"]["description"].split(":", 1)[1].strip(" .").split(", ")
+    assert set(listed) == {t.value for t in FILTERABLE_TYPES}
+    assert {"codeAssignments", "codeWaves", "waitlist"} <= set(listed)
+    assert not {"codes", "scoring"} & set(listed)
