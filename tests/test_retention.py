@@ -322,6 +322,42 @@ async def test_s3_failure_leaves_the_export_unpurged_and_the_next_sweep_purges_i
     assert set(await purge_records(services)) == {whole, split}
 
 
+@pytest.mark.parametrize(
+    "result",
+    [
+        # S3 reports the key as not deleted.
+        "<Error><Key>{key}</Key><Code>AccessDenied</Code><Message>Access Denied</Message></Error>",
+        # S3 answers 200 but does not list the key as deleted: not a confirmation either.
+        "",
+    ],
+    ids=["key_error", "key_not_listed"],
+)
+async def test_an_object_s3_does_not_confirm_deleted_keeps_its_export_unpurged(
+    faulty: Proxied, result: str
+) -> None:
+    services = faulty.services
+    bucket = services.settings.bucket_exports
+    export_id = await old(services, ExportType.ENTRIES, 31, "u/1.csv")
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<DeleteResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+        f"{result.format(key='u/1.csv')}</DeleteResult>"
+    )
+    fault = faulty.proxy.answer(body.encode(), match=DELETE_OBJECTS)
+    now = utcnow()
+
+    first = await services.retention.sweep(now)
+
+    assert fault.injected == 1
+    assert first is not None and first.purged == [] and first.kept == [export_id]
+    assert await object_keys(faulty.direct, bucket) == ["u/1.csv"]
+    assert await purged(services) == {} and await purge_records(services) == {}
+    fault.remove()
+    second = await services.retention.sweep(now + INTERVAL)
+    assert second is not None and second.purged == [export_id]
+    assert await object_keys(faulty.direct, bucket) == []
+
+
 async def test_two_concurrent_sweeps_do_the_work_once(faulty: Proxied) -> None:
     services = faulty.services
     ids = {await old(services, ExportType.ENTRIES, 31 + i, f"c{i}.csv") for i in range(5)}

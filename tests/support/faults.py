@@ -380,7 +380,7 @@ def s3_error_response(
     )
 
 
-FaultKind = Literal["fail", "drop", "stall"]
+FaultKind = Literal["fail", "drop", "stall", "answer"]
 
 
 @dataclass(eq=False)
@@ -400,6 +400,7 @@ class Fault:
     message: str | None = None
     until: asyncio.Event | None = None
     after_forward: bool = False
+    body: bytes = b""
     injected: int = 0
     _owner: S3FaultProxy | None = field(default=None, repr=False)
     _released: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
@@ -559,6 +560,11 @@ class S3FaultProxy:
             )
         )
 
+    def answer(self, body: bytes, match: Match = None, status: int = 200) -> Fault:
+        """Answer matching requests with ``body`` (XML) instead of forwarding them: S3 "succeeds"
+        with whatever the test says, e.g. a DeleteObjects result listing per-key errors."""
+        return self._add(Fault("answer", _matcher(match), 1.0, statuses=(status,), body=body))
+
     def stall(self, match: Match = None, until: asyncio.Event | None = None) -> Fault:
         """Hold matching requests unanswered until ``until`` is set (then forward them), or
         forever. ``reset()``/``Fault.remove()`` also release them; ``close()`` drops them."""
@@ -627,6 +633,13 @@ class S3FaultProxy:
         if rule.kind == "fail":
             status = rule._rng.choice(rule.statuses) if len(rule.statuses) > 1 else rule.statuses[0]
             return s3_error_response(status, rule.code, rule.message, request.path)
+        if rule.kind == "answer":
+            return web.Response(
+                status=rule.statuses[0],
+                body=rule.body,
+                headers={"Content-Type": "application/xml",
+                         "x-amz-request-id": secrets.token_hex(8).upper()},
+            )  # fmt: skip
         if rule.kind == "drop":
             if rule.after_forward:
                 await self._forward(request, body, discard=True)
