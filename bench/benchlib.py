@@ -21,6 +21,7 @@ from export_service.dev.embedded import (
     s3_command,
     stop_process,
 )
+from export_service.models import ExportType
 from export_service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +29,16 @@ COMMITTED_RESULTS = ROOT / "bench" / "results"
 # A run writes here unless asked for the committed results, so trying a benchmark leaves the git
 # tree as it was.
 SCRATCH_RESULTS = Path(tempfile.gettempdir()) / "export-service-bench"
+
+# The partitioned types, after `fanlist`: the one-file type that reads the same entries once,
+# which their timings are read against.
+PARTITIONED_TYPES = (
+    ExportType.FANLIST,
+    ExportType.REMINDER_EMAIL,
+    ExportType.REMINDER_EMAIL_SAMPLE,
+    ExportType.AUTO_REMINDER_EMAIL,
+    ExportType.PROMOTER_EMAIL_OPT_IN,
+)
 
 
 def load() -> list[float]:

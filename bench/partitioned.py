@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.benchlib import (
+    PARTITIONED_TYPES,
     add_results_flag,
     load,
     machine,
@@ -46,13 +47,7 @@ from export_service.models import ExportType
 from export_service.runtime import Services
 from export_service.settings import Settings
 
-TYPES = (
-    ExportType.FANLIST,
-    ExportType.REMINDER_EMAIL,
-    ExportType.REMINDER_EMAIL_SAMPLE,
-    ExportType.AUTO_REMINDER_EMAIL,
-    ExportType.PROMOTER_EMAIL_OPT_IN,
-)
+TYPES = PARTITIONED_TYPES
 # The contract's targets on this machine (ratio to fanlist).
 TARGETS = {
     ExportType.PROMOTER_EMAIL_OPT_IN: 1.3,  # at 24 promoters; within 20 % from 2 to 64

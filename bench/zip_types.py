@@ -15,20 +15,13 @@ import asyncio
 import resource
 import time
 
-from bench.benchlib import moto_server, s3_settings, secantus_server
+from bench.benchlib import PARTITIONED_TYPES, moto_server, s3_settings, secantus_server
 from export_service import logs
 from export_service.dev.seed import SeedPlan, seed
-from export_service.models import ExportType
 from export_service.runtime import Services
 from export_service.settings import Settings
 
-TYPES = (
-    ExportType.FANLIST,
-    ExportType.REMINDER_EMAIL,
-    ExportType.REMINDER_EMAIL_SAMPLE,
-    ExportType.AUTO_REMINDER_EMAIL,
-    ExportType.PROMOTER_EMAIL_OPT_IN,
-)
+TYPES = PARTITIONED_TYPES
 
 
 def rss_mib() -> float:

@@ -21,14 +21,13 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from export_service.app.admin_routes import ASSETS, CSP, asset
-from export_service.app.factory import create_app
 from export_service.models import ExportStatus
 from export_service.runtime import Services
 from export_service.settings import Settings
-from tests.support.app import app_services, token
+from tests.support.app import app_client, app_services, token
 from tests.support.browser import CHROMIUM, CHROMIUM_FLAGS
 from tests.support.data import CAMPAIGN, add_campaign, entry
 
@@ -150,12 +149,8 @@ class Page:
 
 @pytest.fixture
 async def console(settings: Settings) -> AsyncIterator[tuple[Client, Services]]:
-    app = create_app(settings, run_worker=False, create_buckets=True)
-    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
-        try:
-            yield client, app_services(client)
-        finally:
-            await app_services(client).client.drop_database(settings.mongo_db)
+    async with app_client(settings) as client:
+        yield client, app_services(client)
 
 
 @pytest.fixture

@@ -4,21 +4,18 @@ process and in another one, the race with the export's own end, and bad requests
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from export_service.app.factory import create_app
 from export_service.models import ExportStatus, ExportType, utcnow
 from export_service.runtime import Services
 from export_service.settings import Settings
-from tests.support.app import app_services, auth, make_settings
+from tests.support.app import app_client, app_services, auth, make_settings
 from tests.support.commands import ExportWrites
 from tests.support.data import CAMPAIGN, add_campaign, queue_exports, seed_big_entries
 from tests.support.faults import UPLOAD_PART, S3FaultProxy, operations
@@ -109,7 +106,7 @@ async def test_cancel_of_a_running_export_stops_it_and_the_next_starts_at_once(
     settings = make_settings(
         mongo_uri, s3_endpoint, encoder_processes=1, cancel_check_interval_millis=1000
     )
-    async with _api(settings) as client:
+    async with app_client(settings) as client:
         services = app_services(client)
         await seed_big_entries(services)
         running, following = await queue_exports(services, 2, ExportType.ENTRIES)
@@ -302,7 +299,7 @@ async def test_cancel_reaches_a_worker_in_another_process_mid_upload(
         return False
 
     proxy.stall(match=hold)
-    async with _api(local) as client:
+    async with app_client(local) as client:
         services = app_services(client)
         try:
             await seed_big_entries(services)
@@ -336,13 +333,3 @@ async def test_cancel_reaches_a_worker_in_another_process_mid_upload(
             if proc is not None:
                 proc.stop()
             await proxy.close()
-
-
-@contextlib.asynccontextmanager
-async def _api(settings: Settings) -> AsyncIterator[Client]:
-    app = create_app(settings, run_worker=False, create_buckets=True)
-    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
-        try:
-            yield client
-        finally:
-            await app_services(client).client.drop_database(settings.mongo_db)

@@ -5,26 +5,23 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from pymongo import AsyncMongoClient, monitoring
 
 from export_service import db as dbmod
-from export_service.app.factory import create_app
 from export_service.ccpa.deletion import CCPA_TYPES, CcpaDeletion
 from export_service.exporters import EXPORTERS
 from export_service.models import ExportStatus, ExportType, utcnow
 from export_service.queue.repository import CCPA_OWNER, ExportRepository, PendingUpload
 from export_service.runtime import Services
-from export_service.settings import Settings
-from tests.support.app import app_services, auth, make_settings
+from tests.support.app import app_client, app_services, auth, make_settings
 from tests.support.data import BIG, T0, add_campaign, entry, stored_export
 from tests.support.faults import PUT_OBJECT, S3FaultProxy, S3Request
 from tests.support.gates import Gate
@@ -129,17 +126,6 @@ async def delete_user(client: Client, user_id: str = USER) -> tuple[int, Doc]:
     resp = await client.delete(f"/ccpa/users/{user_id}", headers=SUPREME)
     body: Doc = await resp.json()
     return resp.status, body
-
-
-@asynccontextmanager
-async def app_client(settings: Settings) -> AsyncIterator[Client]:
-    """The app on its own settings (e.g. S3 behind a fault proxy), worker idle."""
-    app = create_app(settings, run_worker=False, create_buckets=True)
-    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
-        try:
-            yield client
-        finally:
-            await app_services(client).client.drop_database(settings.mongo_db)
 
 
 # ---- access -------------------------------------------------------------------------------

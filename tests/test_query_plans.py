@@ -24,7 +24,7 @@ from export_service import db as dbmod
 from export_service.dev.seed import SeedPlan, seed
 from export_service.exporters import EXPORTERS
 from export_service.filters import FILTERABLE_TYPES, request_filters
-from export_service.models import ExportStatus, ExportType, utcnow
+from export_service.models import ExportFilters, ExportStatus, ExportType, utcnow
 from export_service.queue.repository import ExportRepository
 from export_service.queue.worker import Worker
 from export_service.retention import Retention
@@ -180,24 +180,9 @@ async def test_every_queue_and_exporter_query_uses_an_index(
         await storage.ensure_buckets(list(settings.buckets.values()))
         worker = Worker(repository, db, storage, settings)
         recorder.on = True
+
         # API side: create (twice: the second is the dedupe lookup), get, list in every form.
-        for export_type in EXPORTERS:
-            for _ in range(2):
-                await repository.create(
-                    campaign_id=CAMPAIGN,
-                    campaign_name="Plans",
-                    export_type=export_type,
-                    requester_user_id="u",
-                    date_key=wave["waveDateKey"] if export_type is ExportType.CODE_WAVES else None,
-                    include_all_markets=export_type is ExportType.ENTRIES or None,
-                )
-        # Filtered exports (contract §12) of every type that reads entries: their queries too.
-        market = await db["markets"].find_one({"campaignId": CAMPAIGN})
-        assert market is not None
-        filters = request_filters(
-            [market["_id"]], datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
-        )
-        for export_type in FILTERABLE_TYPES:
+        async def create(export_type: ExportType, filters: ExportFilters | None = None) -> None:
             await repository.create(
                 campaign_id=CAMPAIGN,
                 campaign_name="Plans",
@@ -207,6 +192,18 @@ async def test_every_queue_and_exporter_query_uses_an_index(
                 include_all_markets=export_type is ExportType.ENTRIES or None,
                 filters=filters,
             )
+
+        for export_type in EXPORTERS:
+            for _ in range(2):
+                await create(export_type)
+        # Filtered exports (contract §12) of every type that reads entries: their queries too.
+        market = await db["markets"].find_one({"campaignId": CAMPAIGN})
+        assert market is not None
+        filters = request_filters(
+            [market["_id"]], datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
+        )
+        for export_type in FILTERABLE_TYPES:
+            await create(export_type, filters)
         await repository.page(CAMPAIGN)
         await repository.page(CAMPAIGN, export_type=ExportType.ENTRIES)
         await repository.page(CAMPAIGN, status=ExportStatus.PENDING)

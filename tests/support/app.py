@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web_runner import BaseRunner
 
 from export_service.app.auth import mint
+from export_service.app.factory import create_app
 from export_service.app.routes import SERVICES
 from export_service.app.server import ServiceRunner
 from export_service.runtime import Services
@@ -45,6 +48,18 @@ def make_settings(mongo_uri: str, s3_endpoint: str, **overrides: Any) -> Setting
 def app_services(client: TestClient[Any, Any]) -> Services:
     services: Services = client.app[SERVICES]
     return services
+
+
+@asynccontextmanager
+async def app_client(settings: Settings) -> AsyncIterator[TestClient[Any, Any]]:
+    """The app on its own settings (e.g. S3 behind a fault proxy), worker idle; its database
+    is dropped at the end."""
+    app = create_app(settings, run_worker=False, create_buckets=True)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        try:
+            yield client
+        finally:
+            await app_services(client).client.drop_database(settings.mongo_db)
 
 
 def token(

@@ -17,6 +17,7 @@ import contextlib
 import io
 import random
 import secrets
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -47,6 +48,24 @@ CHUNK_SIZE = 64 * 1024
 # ---------------------------------------------------------------------------------------------
 
 
+class _ClosedOnExit(ABC):
+    """`async with` a proxy closes it on the way out."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
 class _Link:
     """One client connection and its upstream connection."""
 
@@ -71,7 +90,7 @@ class _Link:
             task.cancel()
 
 
-class TcpProxy:
+class TcpProxy(_ClosedOnExit):
     """Transparent TCP proxy with switchable faults.
 
     Counters: ``connections_total`` (every accepted connection, refused ones included),
@@ -154,17 +173,6 @@ class TcpProxy:
             await asyncio.sleep(0)
         if self._server is not None:
             await self._server.wait_closed()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections_total += 1
@@ -456,7 +464,7 @@ def _end_to_end(headers: CIMultiDictProxy[str], extra_drop: Iterable[str]) -> CI
     return out
 
 
-class S3FaultProxy:
+class S3FaultProxy(_ClosedOnExit):
     """Reverse proxy in front of a path-style S3 endpoint, injecting faults on demand.
 
     Fault rules are checked in the order they were added; the first one that matches and fires
@@ -589,17 +597,6 @@ class S3FaultProxy:
             await self._runner.cleanup()
         if self._session is not None:
             await self._session.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     def _add(self, rule: Fault) -> Fault:
         rule._owner = self
