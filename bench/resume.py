@@ -284,15 +284,20 @@ SEGMENTS = (
 
 
 def plot(data: Doc, path: Path, title: str) -> None:
+    """One bar per export of every round, each round against its own uninterrupted export: on
+    a loaded machine the rounds differ, and the chart shows by how much."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 3.2))
-    last = data["rounds"][-1]
-    base = last[0]["seconds"]
-    for y, result in enumerate(reversed(last)):
+    bars = [
+        (f"round {i + 1}: {r['mode']}", r, runs[0]["seconds"])
+        for i, runs in enumerate(data["rounds"])
+        for r in runs
+    ]
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.45 * len(bars)))
+    for y, (_label, result, base) in enumerate(reversed(bars)):
         db = result["db_last_run"]
         widths = [
             result.get("first_run_seconds", 0.0),
@@ -305,11 +310,11 @@ def plot(data: Doc, path: Path, title: str) -> None:
             ax.barh(y, width / base, left=left, color=color, label=label if y == 0 else None)
             left += width / base
         ax.text(left + 0.02, y, f"{result['ratio']:.2f}x", va="center", fontsize=8)
-    ax.set_yticks(range(len(last)), [r["mode"] for r in reversed(last)])
+    ax.set_yticks(range(len(bars)), [label for label, _r, _b in reversed(bars)], fontsize=8)
     ax.axvline(1.0, color="black", linewidth=0.8, linestyle=":")
-    ax.set_xlabel("time to FINISHED / uninterrupted export (the gap between runs left out)")
+    ax.set_xlabel("time to FINISHED / the round's uninterrupted export (gap between runs left out)")
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -344,7 +349,7 @@ def main() -> None:
                     db["count_seconds"],
                     db["drain_seconds"],
                     r["exporter_last_run_seconds"],
-                    r.get("checkpoint_rows") or "-",
+                    r["resumed_from"] or "-",
                     r.get("between_runs_seconds", "-"),
                     r["load_before"][0],
                 ]
@@ -357,7 +362,11 @@ def main() -> None:
     print(table(f"{args.entries:,} entries, killed at {args.kill_at:.0%}", headers, rows))
     print("results:", write_results("resume", data, args.write_results))
     if args.plot is not None:
-        plot(data, args.plot, f"{args.entries:,} entries killed at {args.kill_at:.0%}")
+        plot(
+            data,
+            args.plot,
+            f"{args.entries:,} entries killed at {args.kill_at:.0%}, load {load()[0]} at the end",
+        )
         print("plot:", args.plot)
 
 
