@@ -48,7 +48,7 @@ from export_service.dev.seed import SeedPlan, seed
 from export_service.models import Export, ExportStatus, ExportType
 from export_service.runtime import Services
 from export_service.settings import Settings
-from export_service.views import signed_export
+from export_service.views import signed_view
 
 CAMPAIGN = "get-campaign"
 CACHES_OFF = {"EXPORT_SERVICE_AUTH_CACHE_SIZE": "0", "EXPORT_SERVICE_SIGNED_URL_CACHE_SIZE": "0"}
@@ -102,12 +102,12 @@ async def bench_steps(settings: Settings, export_id: str, n: int) -> dict[str, f
             return remembering.authenticate(header)
 
         async def sign() -> object:
-            return await signed_export(services.storage, export)
+            return await signed_view(services.storage, export)
 
         async def sign_cached() -> object:
-            return await signed_export(cached.storage, export)
+            return await signed_view(cached.storage, export)
 
-        body = await signed_export(services.storage, export)
+        body = await signed_view(services.storage, export)
 
         async def encode() -> object:
             return json.dumps(body)

@@ -10,6 +10,8 @@ class ExportServiceError(Exception):
 
     `code` is stable and machine-readable (it is stored in `export.error.code` and sent in API
     payloads); `status` is the HTTP status the API answers with when it surfaces there.
+    `message` says what happened without repeating the code: the API's error middleware shows
+    it as `code: message`.
     """
 
     status: int = 500
@@ -112,6 +114,31 @@ class SpoolDiskFull(ExportFailed):
     code = "SpoolDiskFull"
 
 
+class InternalError(ExportServiceError):
+    """Anything else that went wrong in a run: a bug (its message names the exception)."""
+
+    code = "InternalError"
+
+
+class Timeout(ExportFailed):
+    """The run went past `timeoutMillis`: the export ends EXPIRED."""
+
+    code = "Timeout"
+
+
+class WorkerLost(ExportFailed):
+    """Its worker stopped beating `maxAttempts` times: the export ends FAILED, not run again."""
+
+    code = "WorkerLost"
+
+
+class CcpaDeleted(ExportFailed):
+    """A CCPA request took the running export and stopped before deleting it: it never runs
+    again with the user's rows."""
+
+    code = "CcpaDeleted"
+
+
 class ExportLost(ExportServiceError):
     """The export was taken away from this worker (expired, deleted) while it ran."""
 
@@ -140,3 +167,9 @@ class EncoderStartFailed(ExportFailed):
     reason rather than being retried."""
 
     code = "EncoderStartFailed"
+
+
+class Halted(ExportServiceError):
+    """A run's halt event was set before the work it raced ended (`halting.unless_halted`)."""
+
+    code = "Halted"

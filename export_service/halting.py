@@ -11,15 +11,14 @@ import contextlib
 from collections.abc import Awaitable
 from typing import TypeVar
 
+from export_service.errors import Halted
+
 T = TypeVar("T")
 
 
-class Halted(Exception):
-    """`halt` was set before the work ended; the work was cancelled and awaited."""
-
-
 async def unless_halted(halt: asyncio.Event, work: Awaitable[T]) -> T:
-    """The result of `work`, or `Halted` if `halt` is set first (the work is then cancelled)."""
+    """The result of `work`, or `Halted` if `halt` is set first (the work is then cancelled
+    and awaited)."""
     task = asyncio.ensure_future(work)
     halted = asyncio.create_task(halt.wait())
     try:

@@ -208,42 +208,6 @@ class Export:
             resumed_from=doc.get("resumedFrom"),
         )
 
-    def to_api(self) -> dict[str, Any]:
-        """The API-compatible shape of contract §3 (URLs are added by the API layer)."""
-        body: dict[str, Any] = {
-            "id": self.id,
-            "campaignId": self.campaign_id,
-            "campaignName": self.campaign_name,
-            "exportType": self.export_type.value,
-            "status": self.status.value,
-            "requesterUserId": self.requester_user_id,
-            "date": {name: iso(value) for name, value in self.date.items()},
-            "progress": dict(self.progress),
-            "attempts": self.attempts,
-        }
-        if self.resumed_from is not None:
-            body["resumedFrom"] = self.resumed_from
-        if self.date_key is not None:
-            body["dateKey"] = self.date_key
-        if self.include_all_markets is not None:
-            body["includeAllMarkets"] = self.include_all_markets
-        if self.filters is not None:
-            body["filters"] = self.filters.to_api()
-        if self.count is not None:
-            body["count"] = self.count
-        if self.files:
-            body["files"] = [f.to_doc() for f in self.files]
-        if self.error is not None:
-            body["error"] = dict(self.error)
-        if self.cancel_requested:
-            body["cancelRequested"] = True
-        if self.cancelled_by is not None:
-            body["cancelledBy"] = self.cancelled_by
-        if self.purged is not None:
-            body["purged"] = {"date": iso(self.purged.get("date")),
-                              "reason": str(self.purged.get("reason"))}  # fmt: skip
-        return body
-
     @property
     def cancelled(self) -> bool:
         return self.status is ExportStatus.FAILED and (self.error or {}).get("code") == CANCELLED

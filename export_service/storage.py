@@ -26,8 +26,8 @@ from export_service import metrics, telemetry
 if TYPE_CHECKING:
     from types_aiobotocore_s3.client import S3Client
 from export_service.caches import SignedUrls
-from export_service.errors import StorageError
-from export_service.halting import Halted, unless_halted
+from export_service.errors import Halted, StorageError
+from export_service.halting import unless_halted
 from export_service.settings import Settings
 
 log = structlog.get_logger(__name__)

@@ -25,7 +25,7 @@ from export_service.app.routes import SERVICES
 from export_service.cli import build_parser
 from export_service.client import commands
 from export_service.client.api import DownloadFailed, download
-from export_service.client.render import ExportProgress
+from export_service.client.render import ProgressBar
 from export_service.models import ExportStatus, ExportType
 from export_service.queue.repository import Beat
 from export_service.runtime import Services
@@ -190,7 +190,7 @@ async def test_download_with_a_wrong_sha256_leaves_no_file(
 
 def _frame(*updates: dict[str, Any]) -> str:
     stream = io.StringIO()
-    with ExportProgress(Console(file=stream, width=200)) as bar:
+    with ProgressBar(Console(file=stream, width=200)) as bar:
         for update in updates:
             bar.update(update)
     return stream.getvalue()

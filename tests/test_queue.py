@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 
+from export_service.errors import ExportFailed
 from export_service.models import Export, ExportStatus, ExportType, utcnow
 from export_service.queue.repository import PendingUpload
 from export_service.queue.worker import Worker
@@ -210,7 +211,7 @@ async def test_terminal_status_is_never_overwritten(services: Services) -> None:
     await services.worker.drain()
     repo = services.repository
     assert not await repo.expire(export.id, None)
-    assert not await repo.fail(export.id, None, "X", "y")
+    assert not await repo.fail(export.id, None, ExportFailed("y"))
     assert not await repo.requeue(export.id, None)
     assert not await repo.finish(export.id, services.worker.worker_id, [], 0)
     assert (await repo.get(export.id)).status is ExportStatus.FINISHED  # type: ignore[union-attr]

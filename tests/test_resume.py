@@ -22,6 +22,7 @@ from export_service.exporters.checkpoint import resumable
 from export_service.models import Export, ExportStatus, ExportType, utcnow
 from export_service.queue.worker import Worker
 from export_service.runtime import Services
+from export_service.views import stored_view
 from tests.support.app import make_settings
 from tests.support.data import entry, queue_exports, seed_big_entries
 from tests.support.encoders import kill_children_holding_batches, stop_children
@@ -166,7 +167,7 @@ async def test_shutdown_past_grace_resumes_byte_identical(services: Services) ->
     assert done.id == requeued.id and done.status is ExportStatus.FINISHED
     assert done.attempts == 2
     assert done.resumed_from == checkpoint["rows"] >= 100
-    assert done.to_api()["resumedFrom"] == checkpoint["rows"]
+    assert stored_view(done)["resumedFrom"] == checkpoint["rows"]
     assert done.progress["total"] == ROWS
     # The re-run read only the rows after the checkpoint, by an `_id` range.
     assert listener.read == ROWS - checkpoint["rows"]

@@ -24,11 +24,11 @@ class Principal:
 
     def require(self, campaign_id: str, action: str = REPORT) -> None:
         if not self.can(campaign_id, action):
-            raise Forbidden(f"Forbidden: no {action} permission on campaign {campaign_id}")
+            raise Forbidden(f"no {action} permission on campaign {campaign_id}")
 
     def require_supreme(self) -> None:
         if not self.supreme:
-            raise Forbidden("Forbidden: a supreme user is required")
+            raise Forbidden("a supreme user is required")
 
 
 class Authenticator:
@@ -61,10 +61,10 @@ class Authenticator:
 
     def authenticate(self, header: str | None) -> Principal:
         if not header:
-            raise Unauthorized("Unauthorized: missing bearer token")
+            raise Unauthorized("missing bearer token")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthorized("Unauthorized: expected 'Authorization: Bearer <token>'")
+            raise Unauthorized("expected 'Authorization: Bearer <token>'")
         token = token.strip()
         principal = self._verdicts.get(token)
         if principal is not None:
@@ -80,7 +80,7 @@ class Authenticator:
         try:
             algorithm = jwt.get_unverified_header(token).get("alg")
         except jwt.PyJWTError as exc:
-            raise Unauthorized("Unauthorized: malformed token") from exc
+            raise Unauthorized("malformed token") from exc
         for key, alg in self._keys:
             if alg != algorithm:
                 continue
@@ -94,26 +94,26 @@ class Authenticator:
                     options={"require": self._required},
                 )
             except jwt.ExpiredSignatureError as exc:
-                raise Unauthorized("Unauthorized: token expired") from exc
+                raise Unauthorized("token expired") from exc
             except jwt.InvalidIssuerError as exc:
-                raise Unauthorized("Unauthorized: token issuer not accepted") from exc
+                raise Unauthorized("token issuer not accepted") from exc
             except jwt.InvalidAudienceError as exc:
-                raise Unauthorized("Unauthorized: token audience not accepted") from exc
+                raise Unauthorized("token audience not accepted") from exc
             except jwt.MissingRequiredClaimError as exc:
-                raise Unauthorized(f"Unauthorized: token has no {exc.claim!r} claim") from exc
+                raise Unauthorized(f"token has no {exc.claim!r} claim") from exc
             except jwt.PyJWTError as exc:
-                raise Unauthorized("Unauthorized: invalid token") from exc
+                raise Unauthorized("invalid token") from exc
             return claims
-        raise Unauthorized("Unauthorized: token algorithm not accepted")
+        raise Unauthorized("token algorithm not accepted")
 
 
 def _principal(claims: dict[str, object]) -> Principal:
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub:
-        raise Unauthorized("Unauthorized: token has no subject")
+        raise Unauthorized("token has no subject")
     raw = claims.get("permissions") or {}
     if not isinstance(raw, dict):
-        raise Unauthorized("Unauthorized: malformed permissions claim")
+        raise Unauthorized("malformed permissions claim")
     permissions: dict[str, frozenset[str]] = {}
     for campaign_id, actions in raw.items():
         if isinstance(campaign_id, str) and isinstance(actions, list):

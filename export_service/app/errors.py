@@ -1,6 +1,8 @@
 """Domain errors → HTTP, in one place.
 
-Every error body is `{"error": {"status", "message", "payload"}}`.
+Every error body is `{"error": {"status", "message", "payload"}}`; a coded error's message is
+`Code: what happened` and its payload carries `code`, both added here (`coded_error`), so no
+message repeats its code.
 """
 
 from __future__ import annotations
@@ -27,6 +29,14 @@ def error_response(status: int, message: str, payload: Any = None) -> web.Respon
     )
 
 
+def coded_error(
+    status: int, code: str, detail: str | None = None, payload: dict[str, Any] | None = None
+) -> web.Response:
+    """The error answer of `code`: its message `code: detail`, `code` first in its payload."""
+    message = f"{code}: {detail}" if detail and detail != code else code
+    return error_response(status, message, {"code": code, **(payload or {})})
+
+
 def validation_payload(exc: ValidationError) -> dict[str, Any]:
     return {
         "code": "BadRequest",
@@ -42,17 +52,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ExportServiceError as exc:
-        return error_response(exc.status, exc.message, {"code": exc.code, **exc.payload})
+        return coded_error(exc.status, exc.code, exc.message, exc.payload)
     except ValidationError as exc:
         first = exc.errors(include_url=False, include_input=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
-        return error_response(400, f"BadRequest: {where}: {first['msg']}", validation_payload(exc))
+        return coded_error(400, "BadRequest", f"{where}: {first['msg']}", validation_payload(exc))
     except web.RequestPayloadError as exc:
         # The body's bytes are not what its framing or Content-Encoding says (a plain body sent
         # as gzip): the client's fault, and the request was refused before anything was written.
-        response = error_response(
-            400, f"BadRequest: the request body cannot be read: {exc}", {"code": "BadRequest"}
-        )
+        response = coded_error(400, "BadRequest", f"the request body cannot be read: {exc}")
         # The rest of the stream cannot be framed: close the connection after this answer, and
         # end the body here so that aiohttp does not drain it again after the response (which
         # logs the same error as an unhandled traceback).
@@ -70,11 +78,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except ConnectionFailure as exc:
         # The database is away (restart, failover, network): the request may be retried.
         log.warning("request_unavailable", path=request.path, error=f"{type(exc).__name__}: {exc}")
-        return error_response(
-            503,
-            "ServiceUnavailable: the database is not reachable",
-            {"code": "ServiceUnavailable"},
-        )
+        return coded_error(503, "ServiceUnavailable", "the database is not reachable")
     except Exception:
         log.exception("request_failed", path=request.path)
         return error_response(500, "Internal Server Error", {"code": "InternalError"})

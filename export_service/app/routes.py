@@ -27,11 +27,10 @@ from export_service.errors import (
     UnsupportedMediaType,
 )
 from export_service.filters import request_filters
-from export_service.models import Export, ExportStatus, ExportType, utcnow
-from export_service.queue.estimates import progress_eta
+from export_service.models import Export, ExportType, utcnow
 from export_service.runtime import Services
 from export_service.sources import find_campaign, unknown_markets, wave_date_keys
-from export_service.views import signed_export
+from export_service.views import api_view
 from export_service.webhooks.outbox import WebhookEvent
 
 log = structlog.get_logger(__name__)
@@ -46,7 +45,7 @@ def _principal(request: web.Request) -> Principal:
     headers = request.headers.getall("Authorization", [])
     if len(headers) > 1:
         # Which one counts would depend on the proxy in front: none does.
-        raise Unauthorized("Unauthorized: more than one Authorization header")
+        raise Unauthorized("more than one Authorization header")
     return request.app[AUTHENTICATOR].authenticate(headers[0] if headers else None)
 
 
@@ -54,7 +53,7 @@ def _campaign_id(request: web.Request, principal: Principal) -> str:
     campaign_id = request.match_info["campaignId"]
     principal.require(campaign_id)
     if not valid_id(campaign_id):
-        raise BadRequest("BadRequest: malformed campaignId")
+        raise BadRequest("malformed campaignId")
     return campaign_id
 
 
@@ -62,15 +61,15 @@ async def _json_body(request: web.Request) -> bytes:
     services = request.app[SERVICES]
     limit = services.settings.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"PayloadTooLarge: body over {limit} bytes")
+        raise PayloadTooLarge(f"body over {limit} bytes")
     if request.content_type != "application/json":
-        raise UnsupportedMediaType("UnsupportedMediaType: send application/json")
+        raise UnsupportedMediaType("send application/json")
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
-        raise PayloadTooLarge(f"PayloadTooLarge: body over {limit} bytes") from exc
+        raise PayloadTooLarge(f"body over {limit} bytes") from exc
     if len(body) > limit:
-        raise PayloadTooLarge(f"PayloadTooLarge: body over {limit} bytes")
+        raise PayloadTooLarge(f"body over {limit} bytes")
     return body
 
 
@@ -80,21 +79,15 @@ async def _export_view(
     events: list[WebhookEvent] | None = None,
     queue: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """`events`: the export's webhook events when the caller fetched them for a whole page;
-    `queue`: the queue views of PENDING exports by id, likewise (`QueueEstimates.views`)."""
-    body = await signed_export(services.storage, export)
-    if events is None and export.terminal:
-        events = (await services.outbox.for_exports([export.id])).get(export.id)
-    if events:
-        body["notifications"] = [event.to_api() for event in events]
-    if export.status is ExportStatus.PENDING:
-        if queue is None:
-            queue = await services.estimates.views([export])
-        body["queue"] = queue.get(export.id, {"position": None, "etaSeconds": None})
-    eta = progress_eta(export, utcnow())
-    if eta is not None:
-        body["progress"]["etaSeconds"] = eta
-    return body
+    """`views.api_view` with this app's services."""
+    return await api_view(
+        export,
+        storage=services.storage,
+        outbox=services.outbox,
+        estimates=services.estimates,
+        events=events,
+        queue=queue,
+    )
 
 
 @routes.post("/campaigns/{campaignId}/exports")
@@ -107,13 +100,13 @@ async def create_export(request: web.Request) -> web.Response:
     except ValidationError as exc:
         if any(err["loc"] == ("exportType",) for err in exc.errors()):
             raise BadRequest(
-                "BadRequest: unknown exportType", exportTypes=[t.value for t in ExportType]
+                "unknown exportType", exportTypes=[t.value for t in ExportType]
             ) from exc
         if any(CODE_WAVES_NEED_DATE in err["msg"] for err in exc.errors()):
             # Say which dates would have rows, so the caller need not guess one.
             dates = await wave_date_keys(request.app[SERVICES].source_db, campaign_id)
             raise BadRequest(
-                f"BadRequest: {CODE_WAVES_NEED_DATE}; this campaign's wave dates: "
+                f"{CODE_WAVES_NEED_DATE}; this campaign's wave dates: "
                 + (", ".join(dates) or "none"),
                 waveDateKeys=dates,
             ) from exc
@@ -121,7 +114,7 @@ async def create_export(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     campaign = await find_campaign(services.db, campaign_id, {"name": 1})
     if campaign is None:
-        raise CampaignNotFound(f"CampaignNotFound: campaign {campaign_id} does not exist")
+        raise CampaignNotFound(f"campaign {campaign_id} does not exist")
     filters = None
     if command.filters is not None:
         wanted = command.filters.marketIds or []
@@ -129,7 +122,7 @@ async def create_export(request: web.Request) -> web.Response:
             missing = await unknown_markets(services.db, campaign_id, wanted)
             if missing:
                 raise MarketNotFound(
-                    f"MarketNotFound: campaign {campaign_id} has no market {missing[0]}",
+                    f"campaign {campaign_id} has no market {missing[0]}",
                     marketIds=missing,
                 )
         filters = request_filters(wanted, command.filters.created_from, command.filters.created_to)
@@ -166,7 +159,7 @@ async def get_export(request: web.Request) -> web.Response:
     export = await services.repository.get(export_id) if valid_id(export_id) else None
     # Another campaign's export is indistinguishable from a missing one.
     if export is None or export.campaign_id != campaign_id:
-        raise NotFound(f"NotFound: export {export_id} not found")
+        raise NotFound(f"export {export_id} not found")
     return web.json_response(await _export_view(services, export))
 
 
@@ -182,11 +175,11 @@ async def cancel_export(request: web.Request) -> web.Response:
         else None
     )
     if result is None:
-        raise NotFound(f"NotFound: export {export_id} not found")
+        raise NotFound(f"export {export_id} not found")
     export = result.export
     if result.outcome == "finished":
         raise ExportFinished(
-            f"ExportFinished: export {export_id} already ended {export.status.value}",
+            f"export {export_id} already ended {export.status.value}",
             exportStatus=export.status.value,
         )
     if result.outcome == "cancelled":
@@ -221,7 +214,7 @@ async def list_exports(request: web.Request) -> web.Response:
     repeated = sorted({k for k in request.query if len(request.query.getall(k)) > 1})
     if repeated:
         # `dict()` would keep only the first value; `?status=A&status=B` is no filter we have.
-        raise BadRequest(f"BadRequest: repeated query parameter {', '.join(repeated)}")
+        raise BadRequest(f"repeated query parameter {', '.join(repeated)}")
     query = ListExports.model_validate(dict(request.query))
     services = request.app[SERVICES]
     exports = await services.repository.page(
@@ -245,7 +238,7 @@ async def delete_user_exports(request: web.Request) -> web.Response:
     principal.require_supreme()
     user_id = request.match_info["userId"]
     if not valid_id(user_id):
-        raise BadRequest("BadRequest: malformed userId")
+        raise BadRequest("malformed userId")
     if request.body_exists:
         # It takes no body; one that is sent is read (bounded by `client_max_size`) so that a
         # malformed request is refused before anything is deleted or recorded.
@@ -256,7 +249,7 @@ async def delete_user_exports(request: web.Request) -> web.Response:
     if not result.complete:
         # What is reported deleted is gone; the rest is still in place for a re-run.
         raise CcpaIncomplete(
-            "CcpaIncomplete: some exports could not be deleted; repeat the request",
+            "some exports could not be deleted; repeat the request",
             deletedCount=result.counts(),
             remaining=len(result.failures),
             ccpaRequestId=result.request_id,

@@ -22,7 +22,7 @@ import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, BadHttpMethod, LineTooLong
 
-from export_service.app.errors import error_response
+from export_service.app.errors import coded_error
 
 log = structlog.get_logger(__name__)
 
@@ -77,7 +77,7 @@ class JsonErrorsHandler(web.RequestHandler):
             f"{self.max_headers} of them",
             400: "the request is not well-formed HTTP/1.1",
         }.get(status, HTTPStatus(status).description)
-        response = error_response(status, f"{code}: {detail}", {"code": code})
+        response = coded_error(status, code, detail)
         response.force_close()
         return response
 

@@ -100,7 +100,7 @@ class Failure:
 
 
 @dataclass(slots=True)
-class CcpaResult:
+class DeletionResult:
     request_id: str
     campaign_ids: list[str] = field(default_factory=list)
     deleted: list[DeletedExport] = field(default_factory=list)
@@ -138,8 +138,10 @@ class CcpaDeletion:
         self._repository = repository
         self._requests = CcpaRequests(db)
 
-    async def delete_user(self, user_id: str, *, requested_by: str) -> CcpaResult:
-        result = CcpaResult(await self._requests.open(user_id=user_id, requested_by=requested_by))
+    async def delete_user(self, user_id: str, *, requested_by: str) -> DeletionResult:
+        result = DeletionResult(
+            await self._requests.open(user_id=user_id, requested_by=requested_by)
+        )
         result.campaign_ids = await associated_campaigns(self._db, user_id)
         todo = (
             await self._repository.in_campaigns(result.campaign_ids, CCPA_TYPES)
@@ -167,7 +169,7 @@ class CcpaDeletion:
         )
         return result
 
-    async def _round(self, items: list[ExportUploads], result: CcpaResult) -> list[str]:
+    async def _round(self, items: list[ExportUploads], result: DeletionResult) -> list[str]:
         """Act once on each export; returns the ids to look at again (their state moved)."""
         queued = [i for i in items if i.export.status is ExportStatus.PENDING]
         running = [i for i in items if i.export.status is ExportStatus.TRIGGERED]
@@ -200,7 +202,7 @@ class CcpaDeletion:
         return again
 
     async def _settle(
-        self, items: list[ExportUploads], deleted: int, result: CcpaResult
+        self, items: list[ExportUploads], deleted: int, result: DeletionResult
     ) -> list[str]:
         """Record the exports whose documents are gone; returns those still there."""
         remaining: set[str] = set()
@@ -222,7 +224,7 @@ class CcpaDeletion:
         return sorted(remaining)
 
     async def _clear_objects(
-        self, items: list[ExportUploads], result: CcpaResult
+        self, items: list[ExportUploads], result: DeletionResult
     ) -> list[ExportUploads]:
         """Delete the files of ended exports; returns those whose every file is gone."""
         owners: dict[tuple[str, str], list[ExportUploads]] = defaultdict(list)
@@ -251,7 +253,7 @@ class CcpaDeletion:
         return [item for item in items if item.export.id not in failed]
 
     async def _abort_uploads(
-        self, items: list[ExportUploads], result: CcpaResult
+        self, items: list[ExportUploads], result: DeletionResult
     ) -> list[ExportUploads]:
         """Abort the frozen uploads of taken exports; returns those left with none."""
         clean = []

@@ -95,7 +95,7 @@ class EtaColumn(TimeRemainingColumn):
         return Text("ETA ", style="progress.remaining") + remaining
 
 
-class ExportProgress:
+class ProgressBar:
     """A live bar fed with each polled export: rows, %, rate and ETA (% and ETA need a total)."""
 
     def __init__(self, console: Console) -> None:
@@ -113,7 +113,7 @@ class ExportProgress:
         self._task: TaskID | None = None
         self._status = ""
 
-    def __enter__(self) -> ExportProgress:
+    def __enter__(self) -> ProgressBar:
         self._progress.start()
         return self
 

@@ -112,7 +112,7 @@ async def _submit(
         _print(out, export, args.json)
         return EXIT_OK
     err.print(f"export {export['id']} ({export['exportType']}, campaign {export['campaignId']})")
-    with render.ExportProgress(err) as bar:
+    with render.ProgressBar(err) as bar:
         export = await client.wait(export, interval=args.interval, on_update=bar.update)
     saved: list[str] = []
     if args.download and export["status"] == "FINISHED":

@@ -53,11 +53,11 @@ _CHUNK_BYTES: Final = 128 * 1024
 _PENDING_BYTES: Final = 2 * 1024 * 1024
 
 
-class UndeclaredPartition(RuntimeError):
+class _UndeclaredPartition(RuntimeError):
     """A spec with declared partitions sent a row of another one: a bug, never a data problem."""
 
 
-class DuplicateFileName(RuntimeError):
+class _DuplicateFileName(RuntimeError):
     """A spec's `file_name` gave two files the same name: a bug, never a data problem."""
 
 
@@ -152,7 +152,7 @@ class PartitionedSink(ABC):
             plan = [(self._name(f), f) for f in self._ordered_files()]
             names = [name for name, _ in plan]
             if len(set(names)) != len(names):
-                raise DuplicateFileName(f"two files would have the same name among {names}")
+                raise _DuplicateFileName(f"two files would have the same name among {names}")
             for name, file in plan:
                 await self._open(name)
                 await self._put(self._header)
@@ -176,7 +176,7 @@ class PartitionedSink(ABC):
         files = self._routed.get(partition)
         if files is None:
             if self._allowed is not None and partition not in self._allowed:
-                raise UndeclaredPartition(f"partition {partition!r} is not declared")
+                raise _UndeclaredPartition(f"partition {partition!r} is not declared")
             files = self._routed[partition] = [_File(partition, 1)]
         file = files[-1]
         if file.rows == self._cap:
@@ -233,7 +233,7 @@ _Item = bytes | _Member | _Signal
 MemberFile = tuple[str, datetime, int, Method, AsyncIterable[bytes]]
 
 
-class Aborted(Exception):
+class _Aborted(Exception):
     """Raised into the zipping thread so that it stops waiting for bytes that will not come."""
 
 
@@ -313,7 +313,7 @@ class ZipSink(PartitionedSink):
             yield (item.name, self._modified, _MEMBER_MODE, ZIP_64, self._bytes(ended_by))
             item = ended_by[0]
         if item is not _END:
-            raise Aborted()
+            raise _Aborted()
 
     async def _bytes(self, ended_by: list[_Item]) -> AsyncIterator[bytes]:
         while True:
@@ -322,7 +322,7 @@ class ZipSink(PartitionedSink):
                 yield item
                 continue
             if item is _ABORT:
-                raise Aborted()
+                raise _Aborted()
             ended_by.append(item)
             return
 

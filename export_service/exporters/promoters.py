@@ -42,8 +42,7 @@ async def _prepare(ctx: Context) -> None:
     if missing:
         markets = sorted(m for m, ids in by_market.items() if ids.intersection(missing))
         raise PromotersNotFound(
-            f"PromotersNotFound: markets {', '.join(markets)} name promoters that do not "
-            f"exist: {', '.join(missing)}",
+            f"markets {', '.join(markets)} name promoters that do not exist: {', '.join(missing)}",
             promoter_ids=missing,
             market_ids=markets,
         )

@@ -121,7 +121,7 @@ def sfmc_prefix(ctx: Context, region: str) -> str:
     prefix = ctx.settings.sfmc_prefixes.get(region)
     if not prefix:
         raise SfmcPrefixNotConfigured(
-            f"SfmcPrefixNotConfigured: region {region} has rows but no SFMC prefix is configured",
+            f"region {region} has rows but no SFMC prefix is configured",
             region=region,
         )
     return prefix

@@ -202,7 +202,7 @@ async def run_export(
     if spec.needs_markets:
         await load_markets(ctx)
         if not ctx.markets:
-            raise NoMarketsFound(f"NoMarketsFound: campaign {ctx.campaign_id} has no markets")
+            raise NoMarketsFound(f"campaign {ctx.campaign_id} has no markets")
     if spec.prepare is not None:
         await spec.prepare(ctx)
     if spec.count is not None:

@@ -84,7 +84,7 @@ class Spool:
         packed = zlib.compress(data, _LEVEL)
         if self._max_bytes is not None and self._size + len(packed) > self._max_bytes:
             raise SpoolDiskFull(
-                f"SpoolDiskFull: the export's spool would pass SPOOL_MAX_BYTES "
+                f"the export's spool would pass SPOOL_MAX_BYTES "
                 f"({self._max_bytes} bytes) under {self.path.parent}",
                 spool_dir=str(self.path.parent),
                 max_bytes=self._max_bytes,
@@ -128,7 +128,7 @@ def _safe(label: str) -> str:
 def _raise_if_full(exc: OSError, path: Path) -> None:
     if exc.errno in _NO_SPACE:
         raise SpoolDiskFull(
-            f"SpoolDiskFull: no space left for the export's spool under {path.parent}",
+            f"no space left for the export's spool under {path.parent}",
             spool_dir=str(path.parent),
         ) from exc
 

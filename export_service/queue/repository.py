@@ -31,6 +31,7 @@ from pymongo.errors import DuplicateKeyError
 from pymongo.read_concern import ReadConcern
 from pymongo.read_preferences import Primary
 
+from export_service.errors import ExportServiceError, Timeout
 from export_service.models import (
     ACTIVE_STATUSES,
     CANCELLED,
@@ -104,6 +105,11 @@ class PendingUpload:
     @classmethod
     def from_doc(cls, doc: Doc) -> PendingUpload:
         return cls(bucket=doc["bucket"], key=doc["key"], upload_id=doc.get("uploadId"))
+
+
+def _error_doc(error: ExportServiceError) -> Doc:
+    """How an export's error is stored (and shown): its code, and the message without it."""
+    return {"code": error.code, "message": error.message}
 
 
 def _uploads(doc: Doc) -> list[PendingUpload]:
@@ -619,12 +625,11 @@ class ExportRepository:
         result = await self._exports.update_one(query, update)
         return result.modified_count == 1
 
-    async def fail(self, export_id: str, worker_id: str | None, code: str, message: str) -> bool:
+    async def fail(self, export_id: str, worker_id: str | None, error: ExportServiceError) -> bool:
+        """TRIGGERED → FAILED with `error` as `{code, message}`."""
         now = utcnow()
         update = self._leave_triggered(ExportStatus.FAILED, now)
-        update["$set"] = self.ending(
-            ExportStatus.FAILED, now, {"error": {"code": code, "message": message}}
-        )
+        update["$set"] = self.ending(ExportStatus.FAILED, now, {"error": _error_doc(error)})
         query = (
             self._owned(export_id, worker_id)
             if worker_id
@@ -639,7 +644,7 @@ class ExportRepository:
         update["$set"] = self.ending(
             ExportStatus.EXPIRED,
             now,
-            {"error": {"code": "Timeout", "message": "export ran longer than timeoutMillis"}},
+            {"error": _error_doc(Timeout("export ran longer than timeoutMillis"))},
         )
         query: Doc = {"_id": export_id, "status": ExportStatus.TRIGGERED.value}
         if worker_id:

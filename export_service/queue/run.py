@@ -45,13 +45,15 @@ from export_service.errors import (
     ExportFailed,
     ExportLost,
     ExportServiceError,
+    Halted,
+    InternalError,
     StorageError,
 )
 from export_service.exporters import spec_for
 from export_service.exporters.checkpoint import Checkpoint, resumable
 from export_service.exporters.runner import run_export
 from export_service.exporters.spec import Context
-from export_service.halting import Halted, unless_halted
+from export_service.halting import unless_halted
 from export_service.liveness import Liveness
 from export_service.models import Export, ExportStatus, StoredFile, utcnow
 from export_service.queue.repository import Beat, ExportRepository, PendingUpload
@@ -304,7 +306,7 @@ class ExportRun:
             log.warning("export_interrupted", error=exc.message)
             raise
         except ExportServiceError as exc:
-            if not await self._repository.fail(export_id, self._worker_id, exc.code, exc.message):
+            if not await self._repository.fail(export_id, self._worker_id, exc):
                 # Taken or deleted meanwhile (a CCPA request aborts our upload under us).
                 log.warning("export_lost", stage="fail", error=exc.message, duration_s=seconds())
                 return Outcome.LOST
@@ -317,12 +319,11 @@ class ExportRun:
             log.warning("export_interrupted", error=f"{type(exc).__name__}: {exc}")
             raise
         except Exception as exc:
-            if not await self._repository.fail(
-                export_id, self._worker_id, "InternalError", f"{type(exc).__name__}: {exc}"
-            ):
+            internal = InternalError(f"{type(exc).__name__}: {exc}")
+            if not await self._repository.fail(export_id, self._worker_id, internal):
                 log.warning("export_lost", stage="fail", duration_s=seconds())
                 return Outcome.LOST
-            log.exception("export_failed", code="InternalError", duration_s=seconds())
+            log.exception("export_failed", code=internal.code, duration_s=seconds())
             return Outcome.FAILED
         return await self._finish(files, count)
 
@@ -432,7 +433,7 @@ class ExportRun:
             raise ExportFailed(f"export type {export.export_type.value} is not available")
         campaign = await find_campaign(self._env.db, export.campaign_id)
         if campaign is None:
-            raise CampaignNotFound(f"CampaignNotFound: campaign {export.campaign_id} is gone")
+            raise CampaignNotFound(f"campaign {export.campaign_id} is gone")
         resume = await self._begin()
         if resume is not None and resume.cut is not None:
             # The rows of the first run's cut, not of this run's start (contract §12).

@@ -26,7 +26,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from export_service import metrics
 from export_service.encoding.processes import EncoderProcesses
-from export_service.errors import EncoderStartFailed
+from export_service.errors import CcpaDeleted, EncoderStartFailed, WorkerLost
 from export_service.exporters.spool import remove_leftover_spools
 from export_service.liveness import Liveness
 from export_service.models import Export, ExportStatus, utcnow
@@ -253,12 +253,12 @@ class Worker:
                 # A CCPA request took it and stopped before deleting it: it must never run
                 # again with the user's rows; a repeat of the request deletes the document.
                 changed = await self.repository.fail(
-                    export.id, owner, "CcpaDeleted", "taken by a CCPA deletion request"
+                    export.id, owner, CcpaDeleted("taken by a CCPA deletion request")
                 )
                 outcome = Outcome.FAILED
             elif export.attempts >= self.settings.max_attempts:
                 changed = await self.repository.fail(
-                    export.id, owner, "WorkerLost", "the worker running this export stopped"
+                    export.id, owner, WorkerLost("the worker running this export stopped")
                 )
                 outcome = Outcome.FAILED
             else:

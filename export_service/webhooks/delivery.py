@@ -23,7 +23,7 @@ from export_service.models import iso, utcnow
 from export_service.queue.repository import ExportRepository
 from export_service.settings import Settings
 from export_service.storage import Storage
-from export_service.views import signed_export
+from export_service.views import signed_view
 from export_service.webhooks.addresses import (
     PrivateAddressRefused,
     PublicResolver,
@@ -43,7 +43,7 @@ JITTER = 0.2
 USER_AGENT = "export-service-webhooks/1"
 
 
-class Permanent(Exception):
+class _Permanent(Exception):
     """An attempt that retrying cannot fix (no such subscription, export deleted, address)."""
 
 
@@ -167,7 +167,7 @@ class Dispatcher:
         }
         try:
             status = await self._post(event)
-        except Permanent as exc:
+        except _Permanent as exc:
             await self._give_up(event, now, str(exc), fields)
             return
         except TimeoutError:
@@ -208,20 +208,20 @@ class Dispatcher:
     async def _post(self, event: WebhookEvent) -> int:
         subscription = self.subscriptions.get(event.subscription)
         if subscription is None:
-            raise Permanent("SubscriptionRemoved: no longer in EXPORT_SERVICE_WEBHOOKS")
+            raise _Permanent("SubscriptionRemoved: no longer in EXPORT_SERVICE_WEBHOOKS")
         export = await self.repository.get(event.export_id)
         if export is None:
-            raise Permanent("ExportDeleted: the export no longer exists")
+            raise _Permanent("ExportDeleted: the export no longer exists")
         if not self.settings.webhook_allow_private:
             try:
                 refuse_unless_public(subscription.host)
             except PrivateAddressRefused as exc:
-                raise Permanent(f"PrivateAddressRefused: {exc}") from exc
+                raise _Permanent(f"PrivateAddressRefused: {exc}") from exc
         body = json.dumps(
             {
                 "type": event.type,
                 "timestamp": iso(event.created_at),
-                "data": await signed_export(self.storage, export),
+                "data": await signed_view(self.storage, export),
             },
             separators=(",", ":"),
         )
