@@ -394,6 +394,26 @@ async def test_a_second_sweep_does_nothing(faulty: Proxied) -> None:
     assert (await purged(services))[export_id] == mark
 
 
+async def test_sweep_cut_off_between_record_and_mark_is_finished_with_one_record(
+    services: Services,
+) -> None:
+    export_id = await old(services, ExportType.ENTRIES, 31, "m.csv")
+    now = utcnow()
+    first = await services.retention.sweep(now)
+    assert first is not None and first.purged == [export_id]
+    record = (await purge_records(services))[export_id]
+    # As if that sweep had died after its record, before its mark: the object is gone, the
+    # record written, the export not yet purged.
+    await services.db["exports"].update_one({"_id": export_id}, {"$unset": {"purged": ""}})
+
+    later = now + INTERVAL
+    again = await services.retention.sweep(later)
+
+    assert again is not None and again.purged == [export_id]
+    assert (await purged(services))[export_id] == {"date": later, "reason": RETENTION}
+    assert await purge_records(services) == {export_id: record}  # the first record, once
+
+
 async def test_sweep_purges_a_bounded_batch_oldest_first(mongo_uri: str, s3_endpoint: str) -> None:
     settings = make_settings(mongo_uri, s3_endpoint, **RETENTION_SETTINGS, retention_batch_size=2)
     async with opened(settings) as services:
