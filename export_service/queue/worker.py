@@ -18,7 +18,7 @@ import contextlib
 import os
 import socket
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -26,11 +26,16 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from export_service import metrics
 from export_service.encoding.processes import EncoderProcesses
-from export_service.errors import CcpaDeleted, EncoderStartFailed, WorkerLost
+from export_service.errors import CcpaDeleted, EncoderStartFailed, ExportFailed, WorkerLost
 from export_service.exporters.spool import remove_leftover_spools
 from export_service.liveness import Liveness
 from export_service.models import Export, ExportStatus, utcnow
-from export_service.queue.repository import CCPA_OWNER, ExportRepository, PendingUpload
+from export_service.queue.repository import (
+    CCPA_OWNER,
+    ExportRepository,
+    ExportUploads,
+    PendingUpload,
+)
 from export_service.queue.run import (
     BatchHook,
     ExportRun,
@@ -235,54 +240,20 @@ class Worker:
             orphans_of=None if self.busy else self.worker_id,
         )
         swept = 0
-        now = utcnow()
+        expired_before = utcnow() - timeout
         for item in stale:
             export = item.export
             if export.worker_id == self.worker_id and self.busy:
                 continue  # our own run enforces its own timeout
-            owner = export.worker_id
-            triggered = export.date.get("triggered")
-            if triggered is not None and triggered < now - timeout:
-                changed = await self.repository.expire(export.id, owner)
-                outcome = Outcome.EXPIRED
-            elif export.cancel_requested:
-                # Cancelled, then its worker died before carrying the cancel out.
-                changed = await self.repository.end_cancelled(export.id, owner)
-                outcome = Outcome.CANCELLED
-            elif owner == CCPA_OWNER:
-                # A CCPA request took it and stopped before deleting it: it must never run
-                # again with the user's rows; a repeat of the request deletes the document.
-                changed = await self.repository.fail(
-                    export.id, owner, CcpaDeleted("taken by a CCPA deletion request")
-                )
-                outcome = Outcome.FAILED
-            elif export.attempts >= self.settings.max_attempts:
-                changed = await self.repository.fail(
-                    export.id, owner, WorkerLost("the worker running this export stopped")
-                )
-                outcome = Outcome.FAILED
-            else:
-                # A new run writes the same keys, so the dead run's uploads are cleaned before
-                # the export can be claimed again, and the dead run is fenced off first.
-                # A resumable type keeps its upload and checkpoint: the next run checks and
-                # resumes it (or aborts it and starts over).
-                keep = resumes(export)
-                changed = await self.repository.reassign(export.id, owner, self.worker_id)
-                if changed:
-                    if not keep:
-                        await self.clean_uploads(item.uploads)
-                    changed = await self.repository.requeue(
-                        export.id, self.worker_id, keep_uploads=keep
-                    )
-                outcome = Outcome.REQUEUED
-            if not changed:
-                continue
+            outcome = await self._settle(item, expired_before)
+            if outcome is None:
+                continue  # someone else moved it first
             swept += 1
             ended = outcome.ended
             if ended is not None:
                 await self.clean_uploads(item.uploads)
             # The running worker's event names, with `by="sweep"`: one name means one state.
-            swept_log = log.bind(**log_fields(export), by="sweep", previous_worker=owner)
+            swept_log = log.bind(**log_fields(export), by="sweep", previous_worker=export.worker_id)
             if ended is None:
                 metrics.EXPORTS_REQUEUED.labels(export.export_type.value, "worker_lost").inc()
                 swept_log.warning("export_requeued", reason="worker_lost")
@@ -291,6 +262,40 @@ class Worker:
                 swept_log.warning(_ENDED_EVENT[ended], attempts=export.attempts)
                 await self._notify(export.id)
         return swept
+
+    async def _settle(self, item: ExportUploads, expired_before: datetime) -> Outcome | None:
+        """End or re-queue one stale export (a compare-and-set on its holder); None if it
+        changed meanwhile. The uploads of an ended export are the caller's to clean."""
+        export, owner = item.export, item.export.worker_id
+        triggered = export.date.get("triggered")
+        if triggered is not None and triggered < expired_before:
+            changed = await self.repository.expire(export.id, owner)
+            return Outcome.EXPIRED if changed else None
+        if export.cancel_requested:
+            # Cancelled, then its worker died before carrying the cancel out.
+            changed = await self.repository.end_cancelled(export.id, owner)
+            return Outcome.CANCELLED if changed else None
+        if owner == CCPA_OWNER:
+            # A CCPA request took it and stopped before deleting it: it must never run
+            # again with the user's rows; a repeat of the request deletes the document.
+            error: ExportFailed = CcpaDeleted("taken by a CCPA deletion request")
+            changed = await self.repository.fail(export.id, owner, error)
+            return Outcome.FAILED if changed else None
+        if export.attempts >= self.settings.max_attempts:
+            error = WorkerLost("the worker running this export stopped")
+            changed = await self.repository.fail(export.id, owner, error)
+            return Outcome.FAILED if changed else None
+        # A new run writes the same keys, so the dead run's uploads are cleaned before the
+        # export can be claimed again, and the dead run is fenced off first. A resumable type
+        # keeps its upload and checkpoint: the next run checks and resumes it (or aborts it
+        # and starts over).
+        keep = resumes(export)
+        if not await self.repository.reassign(export.id, owner, self.worker_id):
+            return None
+        if not keep:
+            await self.clean_uploads(item.uploads)
+        changed = await self.repository.requeue(export.id, self.worker_id, keep_uploads=keep)
+        return Outcome.REQUEUED if changed else None
 
     async def _notify(self, export: Export | str) -> None:
         """Put the webhook events of an export we ended into the outbox."""
