@@ -413,12 +413,15 @@ async def test_export_completing_during_the_request_is_removed_by_its_worker(
             running = asyncio.create_task(services.worker.process())
             await asyncio.wait_for(putting.wait(), 30)
 
-            assert await delete_user(client) == (200, {"deletedCount": {"exports": 1, "files": 0}})
-
+            # Captured from the request on: on a loaded machine the run's heartbeat may learn
+            # of the take-over during the request, before `finish` does; either way the run
+            # reports the export lost and removes what it wrote.
             with structlog.testing.capture_logs() as logs:
+                deleted = await delete_user(client)
                 release.set()
                 assert await asyncio.wait_for(running, 30) is None
-            assert {"event": "export_lost", "stage": "finish"}.items() <= logs[-1].items()
+            assert deleted == (200, {"deletedCount": {"exports": 1, "files": 0}})
+            assert [log for log in logs if log["event"] == "export_lost"], logs
             assert await all_keys(services) == set()
             assert export_id not in await export_ids(services)
 

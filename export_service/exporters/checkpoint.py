@@ -48,13 +48,18 @@ class Checkpoint:
     # The first run's start: the cut of the types that read entries (contract §12), which a
     # resumed run keeps so that its rows are those of one cut.
     cut: datetime | None = None
+    # The first run's preliminary count of that cut: it stands for the resumed run, which then
+    # does not count again (on the embedded server a count reads every document).
+    total: int | None = None
 
     @classmethod
-    def of(cls, bucket: str, key: str, state: WriterState, cut: datetime | None) -> Checkpoint:
+    def of(
+        cls, bucket: str, key: str, state: WriterState, cut: datetime | None, total: int | None
+    ) -> Checkpoint:
         rows, last_id = state.mark
         return cls(
             bucket, key, state.upload_id, state.parts, rows, state.size, last_id,
-            state.sha256_state, cut,
+            state.sha256_state, cut, total,
         )  # fmt: skip
 
     def writer_state(self) -> WriterState:
@@ -81,6 +86,7 @@ class Checkpoint:
             "lastId": self.last_id,
             "sha256State": Binary(self.sha256_state),
             "cut": self.cut,
+            "total": self.total,
         }
 
     @classmethod
@@ -95,4 +101,5 @@ class Checkpoint:
             last_id=doc["lastId"],
             sha256_state=bytes(doc["sha256State"]),
             cut=doc.get("cut"),
+            total=doc.get("total"),
         )

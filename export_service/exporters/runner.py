@@ -205,8 +205,12 @@ async def run_export(
             raise NoMarketsFound(f"campaign {ctx.campaign_id} has no markets")
     if spec.prepare is not None:
         await spec.prepare(ctx)
+    total: int | None = None
     if spec.count is not None:
-        await run.total(await spec.count(ctx))
+        # A resumed run reads the first run's cut, so the first run's count stands.
+        known = resume.total if resume is not None else None
+        total = known if known is not None else await spec.count(ctx)
+        await run.total(total)
 
     settings = ctx.settings
     bucket = settings.bucket(spec.bucket)
@@ -224,7 +228,7 @@ async def run_export(
     rows_done = 0
     if checkpointed:
         assert isinstance(sink, CsvSink)
-        rows_done = await _start_checkpoints(run, sink, ctx, resume)
+        rows_done = await _start_checkpoints(run, sink, ctx, resume, total)
     try:
         await _write_rows(spec, ctx, run, sink, read, encoders, rows_done, checkpointed)
         files = await sink.close()
@@ -263,13 +267,14 @@ def _object_writers(run: RunControl, storage: Storage, bucket: str, acl: str | N
 
 
 async def _start_checkpoints(
-    run: RunControl, sink: CsvSink, ctx: Context, resume: Checkpoint | None
+    run: RunControl, sink: CsvSink, ctx: Context, resume: Checkpoint | None, total: int | None
 ) -> int:
     """Report the sink's checkpoints to the run and go on from `resume`; the rows done."""
     bucket, key = sink.writer.bucket, sink.key
 
     async def checkpoint(state: WriterState) -> None:
-        await run.checkpoint(Checkpoint.of(bucket, key, state, ctx.export.date.get("triggered")))
+        cut = ctx.export.date.get("triggered")
+        await run.checkpoint(Checkpoint.of(bucket, key, state, cut, total))
 
     sink.writer.on_checkpoint = checkpoint
     if resume is None:
