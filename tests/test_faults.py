@@ -147,7 +147,7 @@ async def test_tcp_proxy_pumps_stalls_drops_and_refuses() -> None:
 async def test_mongo_ping_through_proxy(mongo_port: int) -> None:
     async with await TcpProxy.start("127.0.0.1", mongo_port) as proxy:
         client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-            f"mongodb://{proxy.address}/?directConnection=true", serverSelectionTimeoutMS=5000
+            proxy.mongo_uri, serverSelectionTimeoutMS=5000
         )
         try:
             assert (await client.admin.command("ping"))["ok"] == 1
@@ -162,7 +162,7 @@ async def test_mongo_ping_through_proxy(mongo_port: int) -> None:
 async def test_mongo_unreachable_then_back(mongo_port: int) -> None:
     async with await TcpProxy.start("127.0.0.1", mongo_port) as proxy:
         client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-            f"mongodb://{proxy.address}/?directConnection=true",
+            proxy.mongo_uri,
             serverSelectionTimeoutMS=1500,
             connectTimeoutMS=1000,
         )

@@ -28,22 +28,13 @@ from export_service.models import Export, ExportStatus, ExportType
 from export_service.runtime import Services
 from tests.support.app import auth, make_settings
 from tests.support.data import CAMPAIGN, queue_exports, seed_big_entries
-from tests.support.faults import TcpProxy
+from tests.support.faults import FAST, TcpProxy
 from tests.support.gates import Gate, until
 from tests.support.s3 import multipart_uploads, object_keys, object_sha256
 from tests.support.servers import SecantusServer, port_of
 
 Client = TestClient[Any, Any]
 URL = f"/campaigns/{CAMPAIGN}/exports"
-FAST = {
-    "mongo_timeout_ms": 300,
-    "heartbeat_interval_millis": 100,
-    "heartbeat_timeout_millis": 1000,
-    # 60 rows of 110 kB in batches of 25: the gate holds the export on its first batch, the
-    # second is read ahead, the third is read after the gate opens, with a 5 MiB part (and so
-    # a multipart upload) under way.
-    "batch_size": 25,
-}
 
 
 def logged(logs: list[MutableMapping[str, Any]], event: str) -> int:
@@ -91,7 +82,7 @@ async def assert_whole_object(services: Services, export: Export) -> None:
 async def test_database_unreachable_while_idle(mongo_uri: str, s3_endpoint: str) -> None:
     async with (
         await TcpProxy.start("127.0.0.1", port_of(mongo_uri)) as proxy,
-        running_service(f"mongodb://{proxy.address}/?directConnection=true", s3_endpoint) as (
+        running_service(proxy.mongo_uri, s3_endpoint) as (
             client,
             services,
         ),
@@ -131,7 +122,7 @@ async def _is_ready(client: Client) -> bool:
 async def test_database_unreachable_mid_export_is_retried(mongo_uri: str, s3_endpoint: str) -> None:
     async with (
         await TcpProxy.start("127.0.0.1", port_of(mongo_uri)) as proxy,
-        running_service(f"mongodb://{proxy.address}/?directConnection=true", s3_endpoint) as (
+        running_service(proxy.mongo_uri, s3_endpoint) as (
             client,
             services,
         ),
@@ -169,9 +160,7 @@ async def test_database_away_past_the_timeout_expires_the_export(
 ) -> None:
     async with (
         await TcpProxy.start("127.0.0.1", port_of(mongo_uri)) as proxy,
-        running_service(
-            f"mongodb://{proxy.address}/?directConnection=true", s3_endpoint, timeout_millis=1500
-        ) as (client, services),
+        running_service(proxy.mongo_uri, s3_endpoint, timeout_millis=1500) as (client, services),
     ):
         await seed_big_entries(services)
         gate = Gate()  # never released: only the timeout ends this run
@@ -257,9 +246,7 @@ async def test_worker_cut_off_from_the_database_does_not_undo_the_rerun(
     over and finishes it. When A gets the database back, its own run must stop without
     touching what B wrote: both runs write the same key."""
     async with await TcpProxy.start("127.0.0.1", port_of(mongo_uri)) as proxy:
-        settings_a = make_settings(
-            f"mongodb://{proxy.address}/?directConnection=true", s3_endpoint, **FAST
-        )
+        settings_a = make_settings(proxy.mongo_uri, s3_endpoint, **FAST)
         settings_b = settings_a.model_copy(update={"mongo_uri": SecretStr(mongo_uri)})
         async with (
             Services.open(settings_a, create_buckets=True) as a,

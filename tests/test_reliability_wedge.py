@@ -32,11 +32,10 @@ from export_service.models import ExportStatus, ExportType, utcnow
 from export_service.runtime import Services
 from tests.support.app import auth, make_settings
 from tests.support.data import CAMPAIGN, add_campaign, entry, queue_exports, seed_big_entries
-from tests.support.faults import TcpProxy
+from tests.support.faults import FAST, TcpProxy
 from tests.support.gates import Gate, until
 from tests.support.s3 import multipart_uploads, object_keys
 from tests.support.servers import ForkedMongo, port_of
-from tests.test_reliability_mongo import FAST
 
 Client = TestClient[Any, Any]
 
@@ -66,10 +65,6 @@ class DriverCalls(monitoring.CommandListener):
         return [command for command in self.in_flight.values() if command != "heartbeat"]
 
 
-def proxied(proxy: TcpProxy) -> str:
-    return f"mongodb://{proxy.address}/?directConnection=true"
-
-
 async def test_run_stopped_while_its_call_is_held_lets_the_call_end(
     mongo_uri: str, s3_endpoint: str
 ) -> None:
@@ -83,7 +78,7 @@ async def test_run_stopped_while_its_call_is_held_lets_the_call_end(
         # The driver's monitor would notice the stall after connectTimeoutMS (mongo_timeout_ms)
         # and interrupt the calls itself: keep that longer than the stall.
         settings = make_settings(
-            proxied(proxy),
+            proxy.mongo_uri,
             s3_endpoint,
             **(FAST | {"timeout_millis": timeout_millis, "mongo_timeout_ms": 10_000}),
         )
@@ -101,7 +96,9 @@ async def test_run_stopped_while_its_call_is_held_lets_the_call_end(
                 await asyncio.wait_for(gate.reached.wait(), 20)
                 proxy.stall(True)
                 gate.release.set()
-                await until("a call of the run to be held", calls.of_the_run)
+                # Bounded generously: on a loaded machine the run's next read can wait on
+                # the encoders and the part upload for a while.
+                await until("a call of the run to be held", calls.of_the_run, timeout=45)
                 deadline = export.date["triggered"] + timedelta(milliseconds=timeout_millis)
                 await until("the deadline to pass", lambda: utcnow() > deadline)
                 held = set(calls.in_flight)
@@ -131,7 +128,7 @@ async def test_run_stopped_while_its_call_is_held_lets_the_call_end(
 async def app_over(
     proxy: TcpProxy, s3_endpoint: str, *, run_worker: bool, **overrides: Any
 ) -> AsyncIterator[tuple[Client, Services]]:
-    settings = make_settings(proxied(proxy), s3_endpoint, **(FAST | overrides))
+    settings = make_settings(proxy.mongo_uri, s3_endpoint, **(FAST | overrides))
     app = create_app(settings, run_worker=run_worker, create_buckets=True)
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         services = app[SERVICES]

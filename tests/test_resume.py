@@ -30,7 +30,7 @@ from tests.support.faults import COMPLETE_MPU, UPLOAD_PART, S3Request, TcpProxy
 from tests.support.gates import until
 from tests.support.proxied import proxied
 from tests.support.s3 import download, multipart_uploads, object_sha256
-from tests.support.servers import port_of
+from tests.support.servers import answers, port_of
 from tests.support.workers import WorkerProcess
 
 # 50 rows (one test batch) of ~110 kB each: every batch ships one part of ~5.5 MB.
@@ -252,7 +252,7 @@ async def test_dropped_mongodb_connection_resumes_byte_identical(
 ) -> None:
     async with await TcpProxy.start("127.0.0.1", port_of(mongo_uri)) as proxy:
         settings = make_settings(
-            f"mongodb://{proxy.address}/?directConnection=true",
+            proxy.mongo_uri,
             s3_endpoint,
             mongo_timeout_ms=300,
             # A beat in flight when the connection dies is given half the heartbeat timeout.
@@ -274,6 +274,8 @@ async def test_dropped_mongodb_connection_resumes_byte_identical(
                 with pytest.raises(ConnectionFailure):
                     await first
                 proxy.refuse(False)
+                # The driver has marked the server unknown: read only once it is found again.
+                await until("MongoDB to answer again", lambda: answers(services.db))
                 cut = await services.repository.get(export.id)
                 assert cut is not None and cut.status is ExportStatus.TRIGGERED
                 assert cut.checkpoint is not None and len(cut.checkpoint["parts"]) >= 2

@@ -59,3 +59,16 @@ def test_every_exception_is_under_the_one_root_or_private() -> None:
             if bases & {"Exception", "RuntimeError", "ValueError", "OSError", "BaseException"}:
                 outside.append(node.name)
     assert set(outside) == allowed
+
+
+def test_no_test_module_imports_another_test_module() -> None:
+    # Shared helpers live in tests/support; a test module importing another runs its fixtures
+    # and module-level code twice and ties unrelated files together.
+    tests = Path(__file__).parent
+    modules = sorted(tests.glob("test_*.py"))
+    assert len(modules) > 20  # the glob does see the test modules
+    importing = {
+        path.name: sorted(n for n in imported_modules(path) if n.startswith("tests.test_"))
+        for path in modules
+    }
+    assert {name: found for name, found in importing.items() if found} == {}

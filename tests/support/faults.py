@@ -129,6 +129,11 @@ class TcpProxy(_ClosedOnExit):
         return f"{self.host}:{self.port}"
 
     @property
+    def mongo_uri(self) -> str:
+        """A MongoDB connection string to the server behind the proxy, through it."""
+        return f"mongodb://{self.address}/?directConnection=true"
+
+    @property
     def open_connections(self) -> int:
         return len(self._links)
 
@@ -701,3 +706,15 @@ class S3FaultProxy(_ClosedOnExit):
                 await response.write(chunk)
             await response.write_eof()
             return response
+
+
+# Settings of the MongoDB fault tests: a dead server is noticed within a second.
+FAST: dict[str, int] = {
+    "mongo_timeout_ms": 300,
+    "heartbeat_interval_millis": 100,
+    "heartbeat_timeout_millis": 1000,
+    # 60 rows of 110 kB in batches of 25: the gate holds the export on its first batch, the
+    # second is read ahead, the third is read after the gate opens, with a 5 MiB part (and so
+    # a multipart upload) under way.
+    "batch_size": 25,
+}

@@ -7,11 +7,24 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
+
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import ConnectionFailure
 
 from export_service.dev.embedded import SecantusServer, free_port, wait_for_port
 
-__all__ = ["ForkedMongo", "SecantusServer", "free_port", "port_of"]
+__all__ = ["ForkedMongo", "SecantusServer", "answers", "free_port", "port_of"]
+
+
+async def answers(db: AsyncDatabase[Any]) -> bool:
+    """Whether the server behind `db`'s client answers a ping now (for `until`)."""
+    try:
+        await db.command("ping")
+    except ConnectionFailure:
+        return False
+    return True
 
 
 def port_of(uri: str) -> int:
