@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import random
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -40,6 +41,36 @@ from tests.support.servers import ForkedMongo, port_of
 Client = TestClient[Any, Any]
 
 
+def _frames(task: asyncio.Task[Any]) -> list[str]:
+    """The files of the coroutines `task` is suspended in, outermost first."""
+    files: list[str] = []
+    awaited: Any = task.get_coro()
+    while awaited is not None:
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+        if frame is None:
+            break
+        files.append(frame.f_code.co_filename)
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    return files
+
+
+def service_tasks_in_the_driver() -> list[str]:
+    """The service's tasks (not the run's heartbeat) suspended inside a driver call: sending
+    a command, or still selecting the server or waiting for a connection to it, which no
+    command event shows."""
+    found = []
+    for task in asyncio.all_tasks():
+        coro: Any = task.get_coro()
+        files = _frames(task)
+        if not files or f"{os.sep}export_service{os.sep}" not in files[0]:
+            continue  # the driver's own monitor tasks, the test's tasks
+        if coro.__qualname__.endswith("._heartbeat"):
+            continue
+        if any(f"{os.sep}pymongo{os.sep}" in f for f in files):
+            found.append(coro.__qualname__)
+    return found
+
+
 class DriverCalls(monitoring.CommandListener):
     """Every command the client sent, and whether it ended (succeeded or failed)."""
 
@@ -61,8 +92,10 @@ class DriverCalls(monitoring.CommandListener):
         self.in_flight.pop(event.request_id, None)
 
     def of_the_run(self) -> list[str]:
-        """Calls in flight other than heartbeats: the run's (a read, an upload recorded)."""
-        return [command for command in self.in_flight.values() if command != "heartbeat"]
+        """Calls held other than heartbeats: the run's (a read, an upload recorded), as
+        commands in flight or as service tasks suspended in the driver before their command."""
+        commands = [command for command in self.in_flight.values() if command != "heartbeat"]
+        return commands + service_tasks_in_the_driver()
 
 
 async def test_run_stopped_while_its_call_is_held_lets_the_call_end(

@@ -346,6 +346,14 @@ async def test_sigterm_past_a_1s_grace_to_a_worker_process_resumes_byte_identica
                 return setup.proxy.faults[UPLOAD_PART] > 0
 
             await until("part 3 held", part_3_held, timeout=60)
+
+            async def parts_1_2_checkpointed() -> bool:
+                # Part 3 goes out while part 2's checkpoint is being written (uploads overlap).
+                export_now = await services.repository.get(export.id)
+                checkpoint = export_now.checkpoint if export_now is not None else None
+                return checkpoint is not None and len(checkpoint["parts"]) == 2
+
+            await until("parts 1 and 2 checkpointed", parts_1_2_checkpointed, timeout=60)
             held = await services.repository.get(export.id)
             assert held is not None and held.checkpoint is not None
             assert len(held.checkpoint["parts"]) == 2
