@@ -190,9 +190,12 @@ async def database_share(
         await load_markets(ctx)
     if spec.prepare is not None:
         await spec.prepare(ctx)
-    started = time.perf_counter()
-    await spec.count(ctx)
-    count_seconds = time.perf_counter() - started
+    count_seconds = 0.0
+    if after_id is None:
+        # A resumed run takes the first run's count from its checkpoint: it does not count.
+        started = time.perf_counter()
+        await spec.count(ctx)
+        count_seconds = time.perf_counter() - started
     ctx = dataclasses.replace(ctx, resume_after=after_id)
     started = time.perf_counter()
     received = 0
