@@ -21,7 +21,7 @@ from export_service.app.factory import create_app
 from export_service.app.routes import SERVICES
 from export_service.runtime import Services
 from export_service.settings import Settings
-from tests.support.app import ServiceTestServer, make_settings
+from tests.support.app import ServiceTestServer, make_settings, open_services
 from tests.support.servers import SecantusServer, free_port
 
 SERVER_FIXTURES = frozenset({"mongo_uri", "s3_endpoint"})
@@ -62,11 +62,8 @@ def settings(mongo_uri: str, s3_endpoint: str) -> Settings:
 
 @pytest.fixture
 async def services(settings: Settings) -> AsyncIterator[Services]:
-    async with Services.open(settings, create_buckets=True) as opened:
-        try:
-            yield opened
-        finally:
-            await opened.client.drop_database(settings.mongo_db)
+    async with open_services(settings) as opened:
+        yield opened
 
 
 @pytest.fixture

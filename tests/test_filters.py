@@ -22,7 +22,7 @@ from export_service.models import ExportFilters, ExportStatus, ExportType
 from export_service.runtime import Services
 from tests.support import joined
 from tests.support.app import app_services, auth, make_settings
-from tests.support.data import CAMPAIGN, T0, add_campaign, entry, snapshot
+from tests.support.data import CAMPAIGN, T0, add_campaign, entry, queue_exports, snapshot
 from tests.support.gates import Gate
 from tests.support.s3 import download
 
@@ -270,14 +270,7 @@ async def test_an_export_is_a_cut_at_its_start(mongo_uri: str, s3_endpoint: str)
             await seed_campaign(services.db)
             gate = Gate()
             services.worker.batch_hook = gate
-            export, _ = await services.repository.create(
-                campaign_id=CAMPAIGN,
-                campaign_name="Tour",
-                export_type=ExportType.ENTRIES,
-                requester_user_id="u",
-                date_key=None,
-                include_all_markets=None,
-            )
+            (export,) = await queue_exports(services, 1, ExportType.ENTRIES)
             running = asyncio.create_task(services.worker.drain())
             await asyncio.wait_for(gate.reached.wait(), 20)
             # Mid-run (the count is taken, one row written): entries created after the start.
@@ -581,14 +574,9 @@ async def test_a_filtered_joined_export_is_a_cut_at_its_start(
             await seed_joined(services.db)
             gate = Gate()
             services.worker.batch_hook = gate
-            export, _ = await services.repository.create(
-                campaign_id=CAMPAIGN,
-                campaign_name="Tour",
-                export_type=ExportType.CODE_ASSIGNMENTS,
-                requester_user_id="u",
-                date_key=None,
-                include_all_markets=None,
-                filters=request_filters(None, at(30).replace(tzinfo=UTC), None),
+            filters = request_filters(None, at(30).replace(tzinfo=UTC), None)
+            (export,) = await queue_exports(
+                services, 1, ExportType.CODE_ASSIGNMENTS, filters=filters
             )
             running = asyncio.create_task(services.worker.drain())
             await asyncio.wait_for(gate.reached.wait(), 20)

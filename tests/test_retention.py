@@ -28,7 +28,7 @@ from export_service.models import ExportStatus, ExportType, utcnow
 from export_service.retention import LEASE, RETENTION, Retention, SweepResult
 from export_service.runtime import Services
 from export_service.settings import Settings
-from tests.support.app import app_services, auth, make_settings
+from tests.support.app import app_services, auth, make_settings, open_services
 from tests.support.data import CAMPAIGN, add_campaign, entry, stored_export
 from tests.support.faults import DELETE_OBJECTS, S3Request
 from tests.support.gates import until
@@ -47,18 +47,11 @@ RETENTION_SETTINGS: dict[str, Any] = {
 INTERVAL = timedelta(hours=1)
 
 
-@contextlib.asynccontextmanager
-async def opened(settings: Settings) -> AsyncIterator[Services]:
-    async with Services.open(settings, create_buckets=True) as services:
-        try:
-            yield services
-        finally:
-            await services.client.drop_database(settings.mongo_db)
-
-
 @pytest.fixture
 async def services(mongo_uri: str, s3_endpoint: str) -> AsyncIterator[Services]:
-    async with opened(make_settings(mongo_uri, s3_endpoint, **RETENTION_SETTINGS)) as services:
+    async with open_services(
+        make_settings(mongo_uri, s3_endpoint, **RETENTION_SETTINGS)
+    ) as services:
         yield services
 
 
@@ -156,7 +149,7 @@ async def test_retention_by_type_overrides_the_default(services: Services) -> No
 
 
 async def test_no_retention_configured_means_no_sweep(mongo_uri: str, s3_endpoint: str) -> None:
-    async with opened(make_settings(mongo_uri, s3_endpoint)) as services:
+    async with open_services(make_settings(mongo_uri, s3_endpoint)) as services:
         ancient = await old(services, ExportType.ENTRIES, 3650, "e.csv")
         assert await services.retention.sweep() is None
         await services.retention.run()  # returns at once: nothing to keep track of
@@ -416,7 +409,7 @@ async def test_sweep_cut_off_between_record_and_mark_is_finished_with_one_record
 
 async def test_sweep_purges_a_bounded_batch_oldest_first(mongo_uri: str, s3_endpoint: str) -> None:
     settings = make_settings(mongo_uri, s3_endpoint, **RETENTION_SETTINGS, retention_batch_size=2)
-    async with opened(settings) as services:
+    async with open_services(settings) as services:
         by_age = [await old(services, ExportType.ENTRIES, 40 - i, f"b{i}.csv") for i in range(5)]
         now = utcnow()
         batches = []
@@ -507,7 +500,7 @@ async def test_worker_process_sweeps_on_its_own_at_the_interval(
     settings = make_settings(
         mongo_uri, s3_endpoint, **{**RETENTION_SETTINGS, "retention_sweep_interval_millis": 50}
     )
-    async with opened(settings) as services:
+    async with open_services(settings) as services:
         export_id = await old(services, ExportType.ENTRIES, 31, "loop.csv")
         loop = asyncio.create_task(services.retention.run())
         try:

@@ -45,6 +45,16 @@ def make_settings(mongo_uri: str, s3_endpoint: str, **overrides: Any) -> Setting
     return Settings(**values)
 
 
+@asynccontextmanager
+async def open_services(settings: Settings) -> AsyncIterator[Services]:
+    """The services over the real servers, their database dropped afterwards."""
+    async with Services.open(settings, create_buckets=True) as services:
+        try:
+            yield services
+        finally:
+            await services.client.drop_database(settings.mongo_db)
+
+
 def app_services(client: TestClient[Any, Any]) -> Services:
     services: Services = client.app[SERVICES]
     return services

@@ -8,7 +8,7 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
-from export_service.models import Export, ExportStatus, ExportType, utcnow
+from export_service.models import Export, ExportFilters, ExportStatus, ExportType, utcnow
 from export_service.runtime import Services
 
 Doc = dict[str, Any]
@@ -97,7 +97,9 @@ async def run_export(
     return done
 
 
-async def queue_exports(services: Services, n: int, export_type: ExportType) -> list[Export]:
+async def queue_exports(
+    services: Services, n: int, export_type: ExportType, *, filters: ExportFilters | None = None
+) -> list[Export]:
     """`n` PENDING exports of one type; distinct dateKeys keep dedupe from merging them."""
     created = []
     for i in range(n):
@@ -108,6 +110,7 @@ async def queue_exports(services: Services, n: int, export_type: ExportType) -> 
             requester_user_id="u",
             date_key=f"2026{1 + i // 28 % 12:02d}{1 + i % 28:02d}" if n > 1 else None,
             include_all_markets=None,
+            filters=filters,
         )
         created.append(export)
     return created
