@@ -65,22 +65,32 @@ TARGET_RATIO = 1.25
 
 
 class Reads(monitoring.CommandListener):
-    """The reads of source collections sent while `on` is set (queue bookkeeping left out), and
-    how long the server took for the preliminary count among them."""
+    """The reads of source collections sent while `on` is set (queue bookkeeping left out), how
+    long the server took for the preliminary count among them, and when every command of the
+    database (bookkeeping included) started and ended, for the export's phases."""
 
     def __init__(self, database: str) -> None:
         self.database = database
         self.on = False
         self.commands: list[tuple[str, dict[str, Any]]] = []
         self.count_seconds = 0.0
+        # (started, ended, collection) of every command answered while `on`, perf_counter times.
+        self.timeline: list[tuple[float, float, str]] = []
         self._counts: set[int] = set()
+        self._started: dict[int, tuple[float, str]] = {}
 
     def reset(self) -> None:
         self.commands, self.count_seconds, self._counts = [], 0.0, set()
+        self.timeline, self._started = [], {}
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         name = event.command_name
-        if not self.on or event.database_name != self.database or name not in READS:
+        if not self.on or event.database_name != self.database:
+            return
+        collection = event.command.get("collection" if name == "getMore" else name)
+        if isinstance(collection, str):
+            self._started[event.request_id] = (time.perf_counter(), collection)
+        if name not in READS:
             return
         if event.command[name] != "exports":
             command = copy.deepcopy(dict(event.command))
@@ -89,14 +99,36 @@ class Reads(monitoring.CommandListener):
                 self._counts.add(event.request_id)
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        if (began := self._started.pop(event.request_id, None)) is not None:
+            self.timeline.append((began[0], time.perf_counter(), began[1]))
         if event.request_id in self._counts:
             self._counts.discard(event.request_id)
             self.count_seconds += event.duration_micros / 1e6
 
     def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        self._started.pop(event.request_id, None)
         self._counts.discard(event.request_id)
 
+    def phases(self, started: float, ended: float) -> dict[str, Any]:
+        """Where an export's time went, from the commands it sent: `head` from its start to its
+        first read of a source collection (sweep, claim), `tail` from the answer to its last
+        source read to its end (the last batches' encoding and upload, completing the objects,
+        the ending writes), and its round trips to the queue's collection with their time."""
+        source = [(a, b) for a, b, collection in self.timeline if collection not in QUEUE]
+        queue = [(a, b) for a, b, collection in self.timeline if collection in QUEUE]
+        return {
+            "head_seconds": round(min(a for a, _ in source) - started, 3) if source else None,
+            "tail_seconds": round(ended - max(b for _, b in source), 3) if source else None,
+            "queue_round_trips": len(queue),
+            "queue_seconds": round(sum(b - a for a, b in queue), 3),
+            "queue_round_trips_after_rows": sum(
+                1 for a, _ in queue if source and a >= max(b for _, b in source)
+            ),
+        }
 
+
+# The queue's bookkeeping collections (everything else the export reads is source data).
+QUEUE = ("exports", "webhook_events")
 READS = ("find", "aggregate")
 
 
@@ -172,7 +204,7 @@ async def count_seconds(
 
 
 async def export(
-    services: Services, export_type: ExportType, date_key: str | None
+    services: Services, reads: Reads, export_type: ExportType, date_key: str | None
 ) -> dict[str, Any]:
     created, _ = await services.repository.create(
         campaign_id=CAMPAIGN,
@@ -184,7 +216,8 @@ async def export(
     )
     started = time.perf_counter()
     done = await services.worker.process()
-    seconds = time.perf_counter() - started
+    ended = time.perf_counter()
+    seconds = ended - started
     assert done is not None and done.id == created.id
     if done.status is not ExportStatus.FINISHED:
         raise RuntimeError(f"{export_type.value} ended {done.status.value}: {done.error}")
@@ -195,6 +228,7 @@ async def export(
         "rows": done.count,
         "files": len(done.files),
         "bytes": sum(f.bytes for f in done.files),
+        "phases": reads.phases(started, ended),
     }
 
 
@@ -262,7 +296,7 @@ async def measure(
     async def run_export() -> None:
         reads.on = True
         reads.reset()
-        exported.update(await export(services, export_type, date_key))
+        exported.update(await export(services, reads, export_type, date_key))
         reads.on = False
         exported["count_seconds"] = round(reads.count_seconds, 3)
 
@@ -304,6 +338,14 @@ def _median(
     return round(statistics.median(values), 3) if values else None
 
 
+def phase(key: str) -> Callable[[dict[str, Any]], float | None]:
+    def get(run: dict[str, Any]) -> float | None:
+        value: float | None = run["export"]["phases"][key]
+        return value
+
+    return get
+
+
 def summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per type, the medians over its attempts."""
     out: list[dict[str, Any]] = []
@@ -327,6 +369,7 @@ def summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "ratio": med(lambda r: r["ratio"]),
                 "ratio_without_count": med(lambda r: r["ratio_without_count"]),
                 "naive_ratio": med(lambda r: r["naive"]["ratio"] if "naive" in r else None),
+                "phases": {key: med(phase(key)) for key in mine[0]["export"]["phases"]},
                 "loads": [r["load_before"][0] for r in mine],
             }
         )
@@ -386,6 +429,10 @@ async def run(args: argparse.Namespace, uri: str, s3: str) -> dict[str, Any]:
                     f"{r['export']['seconds']} s (count in it {r['export']['count_seconds']} s), "
                     f"ratio {r['ratio']} / without count {r['ratio_without_count']}"
                     + (f", naive {r['naive']['ratio']}" if "naive" in r else "")
+                    + f"; head {r['export']['phases']['head_seconds']} s, tail "
+                    f"{r['export']['phases']['tail_seconds']} s, "
+                    f"{r['export']['phases']['queue_round_trips']} queue round trips "
+                    f"({r['export']['phases']['queue_seconds']} s)"
                     + f", load {r['load_before'][0]}",
                     flush=True,
                 )

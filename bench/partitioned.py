@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -169,7 +170,27 @@ async def run(args: argparse.Namespace, uri: str, s3: str, spool: Path) -> dict[
     return {"entries": args.entries, "results": results}
 
 
-def plot(results: list[dict[str, Any]], path: Path, title: str) -> None:
+def medians(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per partition count and type, the median ratio and time over the runs (the targets are
+    medians) and the highest peak RSS and spool."""
+    cells: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    for r in results:
+        cells.setdefault((r["partitions"], r["type"]), []).append(r)
+    return [
+        {
+            "partitions": partitions,
+            "type": export_type,
+            "runs": len(runs),
+            "seconds": round(statistics.median(r["seconds"] for r in runs), 3),
+            "ratio": round(statistics.median(r["ratio"] for r in runs), 3),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+            "peak_spool_bytes": max(r["peak_spool_bytes"] for r in runs),
+        }
+        for (partitions, export_type), runs in cells.items()
+    ]
+
+
+def plot(summary: list[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -177,23 +198,19 @@ def plot(results: list[dict[str, Any]], path: Path, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for export_type in TYPES[1:]:
-        points: dict[int, list[float]] = {}
-        for r in results:
-            if r["type"] == export_type.value:
-                points.setdefault(r["partitions"], []).append(r["ratio"])
+        points = {r["partitions"]: r["ratio"] for r in summary if r["type"] == export_type.value}
         xs = sorted(points)
-        ys = [sum(points[x]) / len(points[x]) for x in xs]
-        ax.plot(xs, ys, marker="o", label=export_type.value)
+        ax.plot(xs, [points[x] for x in xs], marker="o", label=export_type.value)
     ax.axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
     ax.axhline(1.3, color="tab:red", linewidth=0.8, linestyle="--", label="target 1.3 (promoter)")
     ax.axhline(
         1.2, color="tab:orange", linewidth=0.8, linestyle="--", label="target 1.2 (reminder)"
     )
     ax.set_xscale("log", base=2)
-    ax.set_xticks(sorted({r["partitions"] for r in results}))
+    ax.set_xticks(sorted({r["partitions"] for r in summary}))
     ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xlabel("promoters (= markets) in the campaign")
-    ax.set_ylabel("export time / fanlist time")
+    ax.set_ylabel("export time / fanlist time (median of the runs)")
     ax.set_ylim(bottom=0)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
@@ -239,10 +256,18 @@ def main() -> None:
     headers = ["parts", "type", "s", "x fanlist", "rows", "files", "RSS MB", "spool MiB", "load"]
     print(machine_table(info))
     print(table(f"{args.entries:,} entries", headers, rows))
+    data["summary"] = medians(data["results"])
+    body = [
+        [r["partitions"], r["type"], r["runs"], r["seconds"], r["ratio"], r["peak_rss_mb"],
+         round(r["peak_spool_bytes"] / 2**20, 2)]
+        for r in data["summary"]
+    ]  # fmt: skip
+    headers = ["parts", "type", "runs", "median s", "median x fanlist", "peak RSS MB", "spool MiB"]
+    print(table(f"{args.entries:,} entries, medians", headers, body))
     name = args.name or f"partitioned-{args.entries}"
     print("results:", write_results(name, data, args.write_results))
     if args.plot is not None:
-        plot(data["results"], args.plot, f"{args.entries:,} entries, {info['cpu_model']}")
+        plot(data["summary"], args.plot, f"{args.entries:,} entries, {info['cpu_model']}")
         print("plot:", args.plot)
 
 

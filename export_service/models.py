@@ -175,6 +175,8 @@ class Export:
     # the current or last run started from when it resumed one.
     checkpoint: dict[str, Any] | None = None
     resumed_from: int | None = None
+    # contract §11: ended with webhook events still owed to the outbox (`notified: false`).
+    owes_events: bool = False
 
     @property
     def terminal(self) -> bool:
@@ -206,6 +208,7 @@ class Export:
             purged=doc.get("purged"),
             checkpoint=doc.get("checkpoint"),
             resumed_from=doc.get("resumedFrom"),
+            owes_events=doc.get("notified") is False,
         )
 
     @property

@@ -32,6 +32,7 @@ from export_service.settings import Settings
 from export_service.webhooks.delivery import Dispatcher, backoff
 from export_service.webhooks.outbox import DeliveryStatus, WebhookEvent
 from tests.support.app import app_services, auth, make_settings
+from tests.support.commands import ExportWrites
 from tests.support.data import CAMPAIGN, add_campaign, entry, run_export
 from tests.support.gates import until
 from tests.support.servers import free_port
@@ -304,6 +305,39 @@ async def test_filters_pick_subscriptions_by_export_type_and_campaign(
         assert {verified(r)["data"]["id"] for r in receiver.at("/scoring")} == {scoring.id}
         assert {verified(r)["data"]["id"] for r in receiver.at("/camp-2")} == {other.id}
         assert len(receiver.at("/all")) == 3
+
+
+async def test_an_export_no_subscription_wants_ends_in_one_write_without_the_flag(
+    mongo_uri: str, s3_endpoint: str, receiver: Receiver
+) -> None:
+    """Only an export some subscription wants owes events: the others end in the one write that
+    makes them terminal, with no `notified` flag and no second write to clear it."""
+    settings = webhook_settings(
+        mongo_uri, s3_endpoint, [hook("camp-2", f"{receiver.url}/camp-2", campaignIds=["camp-2"])]
+    )
+    writes = ExportWrites()
+    async with Services.open(settings, create_buckets=True, listeners=[writes]) as services:
+        try:
+            await seed(services)
+            await seed(services, "camp-2")
+            unwanted = await run_export(services, ExportType.ENTRIES)
+            wanted = await run_export(services, ExportType.ENTRIES, campaign_id="camp-2")
+            for export, flagged in ((unwanted, False), (wanted, True)):
+                assert export.status is ExportStatus.FINISHED
+                ending = [u for q, u in writes.updates if q.get("_id") == export.id
+                          and u.get("$set", {}).get("status") == "FINISHED"]  # fmt: skip
+                clearing = [u for q, u in writes.updates if q.get("_id") == export.id
+                            and "notified" in u.get("$unset", {})]  # fmt: skip
+                assert len(ending) == 1
+                assert ("notified" in ending[0]["$set"]) is flagged
+                assert len(clearing) == int(flagged)
+                doc = await services.db["exports"].find_one({"_id": export.id})
+                assert doc is not None and "notified" not in doc
+            assert await events_of(services, unwanted.id) == []
+            assert [e.subscription for e in await events_of(services, wanted.id)] == ["camp-2"]
+            assert await services.notifier.recover() == 0
+        finally:
+            await services.client.drop_database(settings.mongo_db)
 
 
 async def test_failed_and_expired_exports_notify_too(

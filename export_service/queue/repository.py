@@ -550,19 +550,19 @@ class ExportRepository:
         return _uploads(doc or {})
 
     @staticmethod
-    def ending(status: ExportStatus, now: datetime, values: Doc) -> Doc:
+    def ending(
+        status: ExportStatus, now: datetime, values: Doc, *, owes_events: bool = True
+    ) -> Doc:
         """The `$set` of every write that makes an export terminal (every path must use it).
 
         `notified: False` is written in the same update as the terminal status: it marks the
         export as owing its webhook events until they are in the outbox (`mark_notified`), so
         a process dying between the two writes leaves a trace that any worker's recovery
-        (`unnotified`) finds."""
-        return {
-            "status": status.value,
-            f"date.{status.value.lower()}": now,
-            "notified": False,
-            **values,
-        }
+        (`unnotified`) finds. A caller that knows no subscription wants the export's events
+        passes `owes_events=False`: nothing is owed, so neither the flag nor the write that
+        clears it is needed."""
+        flag = {"notified": False} if owes_events else {}
+        return {"status": status.value, f"date.{status.value.lower()}": now, **flag, **values}
 
     async def mark_notified(self, export_id: str) -> None:
         """The export's webhook events are in the outbox."""
@@ -589,7 +589,13 @@ class ExportRepository:
         return {"$unset": unset}
 
     async def finish(
-        self, export_id: str, worker_id: str, files: Sequence[StoredFile], count: int
+        self,
+        export_id: str,
+        worker_id: str,
+        files: Sequence[StoredFile],
+        count: int,
+        *,
+        owes_events: bool = True,
     ) -> bool:
         now = utcnow()
         update = self._leave_triggered(ExportStatus.FINISHED, now)
@@ -601,6 +607,7 @@ class ExportRepository:
                 "progress.processed": count,
                 "files": [f.to_doc() for f in files],
             },
+            owes_events=owes_events,
         )
         # A cancel that came first wins: the caller then removes the files it wrote.
         result = await self._exports.update_one(

@@ -106,6 +106,8 @@ class RunEnvironment:
     liveness: Liveness
     # Set by the worker's shutdown past its grace: the running export is stopped and re-queued.
     abort: asyncio.Event
+    # Whether an export's end owes webhook events (`Notifier.owes_events`).
+    owes_events: Callable[[Export], bool]
     batch_hook: BatchHook | None = None
 
 
@@ -328,7 +330,10 @@ class ExportRun:
         return await self._finish(files, count)
 
     async def _finish(self, files: list[StoredFile], count: int) -> Outcome:
-        if not await self._repository.finish(self.export.id, self._worker_id, files, count):
+        owes = self._env.owes_events(self.export)
+        if not await self._repository.finish(
+            self.export.id, self._worker_id, files, count, owes_events=owes
+        ):
             # Expired or deleted while completing: the files must not outlive the export,
             # unless another run of it took the export over, whose files have the same keys.
             current = await self._repository.get(self.export.id)

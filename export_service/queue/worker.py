@@ -107,6 +107,7 @@ class Worker:
             liveness=self.liveness,
             # Set by `shutdown()` past its grace: the running export is stopped and re-queued.
             abort=asyncio.Event(),
+            owes_events=self.notifier.owes_events,
         )
 
     @property

@@ -46,14 +46,24 @@ class Notifier:
             )
             return 0
 
+    def owes_events(self, export: Export) -> bool:
+        """Whether any subscription wants the events of `export` (the worker then flags its
+        end as owing them; else its end costs no outbox write and no flag to clear)."""
+        return bool(self._subscribed(export))
+
+    def _subscribed(self, export: Export) -> list[str]:
+        return [
+            s.name for s in self.subscriptions if s.matches(export.campaign_id, export.export_type)
+        ]
+
     async def _record(self, export: Export) -> int:
         if not export.terminal:
             return 0
-        names = [
-            s.name for s in self.subscriptions if s.matches(export.campaign_id, export.export_type)
-        ]
+        names = self._subscribed(export)
         added = await self.outbox.add(export, names)
-        await self.repository.mark_notified(export.id)
+        if export.owes_events:
+            # An export read before its end was flagged only delays this: recovery clears it.
+            await self.repository.mark_notified(export.id)
         if added:
             log.info(
                 "webhook_events_recorded",
