@@ -45,11 +45,15 @@ _WRITES = frozenset(
 _TRANSIENT = (TimeoutError, BotoCoreError)
 
 
-async def _unless_halted(halt: asyncio.Event, operation: str, call: Awaitable[Any]) -> Any:
+async def _unless_halted(
+    halt: asyncio.Event, operation: str, call: Callable[[], Awaitable[Any]]
+) -> Any:
+    # `call` makes the request's coroutine only once it is to be sent: one made and dropped
+    # for a run already stopping would never be awaited.
     if halt.is_set():
         raise StorageError(f"S3 {operation} not sent: the run is stopping", operation=operation)
     try:
-        return await unless_halted(halt, call)
+        return await unless_halted(halt, call())
     except Halted:
         raise StorageError(
             f"S3 {operation} cut short: the run is stopping", operation=operation
@@ -147,7 +151,7 @@ class Storage:
                     async with asyncio.timeout(self._settings.s3_call_timeout_seconds):
                         if halt is None:
                             return await method(**params)
-                        return await _unless_halted(halt, operation, method(**params))
+                        return await _unless_halted(halt, operation, lambda: method(**params))
             except _TRANSIENT as exc:
                 if attempt == attempts:
                     raise StorageError(

@@ -5,12 +5,17 @@ What S3 holds is always checked straight at moto, never through the proxy.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import time
+import warnings
 
 import pytest
 
+from export_service.errors import StorageError
 from export_service.models import ExportStatus, ExportType
 from export_service.runtime import Services
+from export_service.storage import RUN_HALTED
 from tests.support.data import CAMPAIGN, seed_big_entries
 from tests.support.faults import (
     COMPLETE_MPU,
@@ -130,3 +135,22 @@ async def test_access_denied_fails_the_export_with_a_clear_code_and_leaves_nothi
         # The failed export released its dedupe key: asking again makes a new export.
         (again,) = await env.queue(export_type)
         assert again.id != export.id
+
+
+async def test_a_write_of_a_stopping_run_is_not_sent_nor_left_unawaited(services: Services) -> None:
+    """A run already stopping sends no S3 write: the call fails at once, the object is not
+    written, and no request coroutine is made and dropped (it would never be awaited)."""
+    bucket = services.settings.bucket_exports
+    halted = asyncio.Event()
+    halted.set()
+    token = RUN_HALTED.set(halted)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(StorageError, match="not sent: the run is stopping"):
+                await services.storage.call("put_object", Bucket=bucket, Key="k", Body=b"x")
+            gc.collect()  # a dropped coroutine warns when it is collected
+    finally:
+        RUN_HALTED.reset(token)
+    assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == []
+    assert not await services.storage.exists(bucket, "k")
