@@ -92,7 +92,7 @@ class Reads(monitoring.CommandListener):
             self._started[event.request_id] = (time.perf_counter(), collection)
         if name not in READS:
             return
-        if event.command[name] != "exports":
+        if event.command[name] not in QUEUE:
             command = copy.deepcopy(dict(event.command))
             self.commands.append((name, command))
             if is_count(name, command):
@@ -116,13 +116,15 @@ class Reads(monitoring.CommandListener):
         the ending writes), and its round trips to the queue's collection with their time."""
         source = [(a, b) for a, b, collection in self.timeline if collection not in QUEUE]
         queue = [(a, b) for a, b, collection in self.timeline if collection in QUEUE]
+        first = min((a for a, _ in source), default=None)
+        last = max((b for _, b in source), default=None)
         return {
-            "head_seconds": round(min(a for a, _ in source) - started, 3) if source else None,
-            "tail_seconds": round(ended - max(b for _, b in source), 3) if source else None,
+            "head_seconds": round(first - started, 3) if first is not None else None,
+            "tail_seconds": round(ended - last, 3) if last is not None else None,
             "queue_round_trips": len(queue),
             "queue_seconds": round(sum(b - a for a, b in queue), 3),
-            "queue_round_trips_after_rows": sum(
-                1 for a, _ in queue if source and a >= max(b for _, b in source)
+            "queue_round_trips_after_rows": (
+                sum(1 for a, _ in queue if a >= last) if last is not None else 0
             ),
         }
 

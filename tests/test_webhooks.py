@@ -11,7 +11,7 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,6 +23,7 @@ import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pydantic import ValidationError
+from pymongo import monitoring
 from standardwebhooks import Webhook
 
 from export_service.app.responses import WebhookEventBody
@@ -123,8 +124,10 @@ def settings(mongo_uri: str, s3_endpoint: str, receiver: Receiver) -> Settings:
 
 
 @asynccontextmanager
-async def opened(settings: Settings) -> AsyncIterator[Services]:
-    async with Services.open(settings, create_buckets=True) as services:
+async def opened(
+    settings: Settings, listeners: Sequence[monitoring.CommandListener] = ()
+) -> AsyncIterator[Services]:
+    async with Services.open(settings, create_buckets=True, listeners=listeners) as services:
         try:
             yield services
         finally:
@@ -316,28 +319,25 @@ async def test_an_export_no_subscription_wants_ends_in_one_write_without_the_fla
         mongo_uri, s3_endpoint, [hook("camp-2", f"{receiver.url}/camp-2", campaignIds=["camp-2"])]
     )
     writes = ExportWrites()
-    async with Services.open(settings, create_buckets=True, listeners=[writes]) as services:
-        try:
-            await seed(services)
-            await seed(services, "camp-2")
-            unwanted = await run_export(services, ExportType.ENTRIES)
-            wanted = await run_export(services, ExportType.ENTRIES, campaign_id="camp-2")
-            for export, flagged in ((unwanted, False), (wanted, True)):
-                assert export.status is ExportStatus.FINISHED
-                ending = [u for q, u in writes.updates if q.get("_id") == export.id
-                          and u.get("$set", {}).get("status") == "FINISHED"]  # fmt: skip
-                clearing = [u for q, u in writes.updates if q.get("_id") == export.id
-                            and "notified" in u.get("$unset", {})]  # fmt: skip
-                assert len(ending) == 1
-                assert ("notified" in ending[0]["$set"]) is flagged
-                assert len(clearing) == int(flagged)
-                doc = await services.db["exports"].find_one({"_id": export.id})
-                assert doc is not None and "notified" not in doc
-            assert await events_of(services, unwanted.id) == []
-            assert [e.subscription for e in await events_of(services, wanted.id)] == ["camp-2"]
-            assert await services.notifier.recover() == 0
-        finally:
-            await services.client.drop_database(settings.mongo_db)
+    async with opened(settings, [writes]) as services:
+        await seed(services)
+        await seed(services, "camp-2")
+        unwanted = await run_export(services, ExportType.ENTRIES)
+        wanted = await run_export(services, ExportType.ENTRIES, campaign_id="camp-2")
+        for export, flagged in ((unwanted, False), (wanted, True)):
+            assert export.status is ExportStatus.FINISHED
+            ending = [u for q, u in writes.updates if q.get("_id") == export.id
+                      and u.get("$set", {}).get("status") == "FINISHED"]  # fmt: skip
+            clearing = [u for q, u in writes.updates if q.get("_id") == export.id
+                        and "notified" in u.get("$unset", {})]  # fmt: skip
+            assert len(ending) == 1
+            assert ("notified" in ending[0]["$set"]) is flagged
+            assert len(clearing) == int(flagged)
+            doc = await services.db["exports"].find_one({"_id": export.id})
+            assert doc is not None and "notified" not in doc
+        assert await events_of(services, unwanted.id) == []
+        assert [e.subscription for e in await events_of(services, wanted.id)] == ["camp-2"]
+        assert await services.notifier.recover() == 0
 
 
 async def test_failed_and_expired_exports_notify_too(
